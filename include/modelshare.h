@@ -1,0 +1,462 @@
+/*
+ * modelshare.h - the one public header of libmodelshare.
+ *
+ * libmodelshare shares loaded models between the parts of a program (a
+ * refcounted model registry) and, in later releases, tensors between
+ * processes.  This header is the reference manual: every declaration says what
+ * it does, who owns what, what happens on NULL, whether it is thread-safe and
+ * which errors it returns.
+ *
+ * Conventions used throughout:
+ *   - Functions that can fail return int: 0 on success, a negative MS_E* code
+ *     on failure.  Output parameters are written only on success.
+ *   - Objects are opaque and come in create/destroy pairs.  Every destroy or
+ *     release function accepts NULL and then does nothing.
+ *   - Structs the caller fills in start with `size_t struct_size`; initialise
+ *     them with the matching *_INIT macro.  Fields are only ever appended, so a
+ *     program built against an older header keeps working.
+ *   - There is no global error state.  Each object remembers, per calling
+ *     thread, a human-readable message for the last error it returned.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef MODELSHARE_H
+#define MODELSHARE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Symbol visibility                                                         */
+/* ------------------------------------------------------------------------ */
+
+#if defined(_WIN32) && defined(MS_BUILDING_SHARED)
+#define MS_EXPORT __declspec(dllexport)
+#elif defined(_WIN32) && defined(MS_USING_SHARED)
+#define MS_EXPORT __declspec(dllimport)
+#elif defined(__GNUC__) && defined(MS_BUILDING_LIBRARY)
+#define MS_EXPORT __attribute__((visibility("default")))
+#else
+#define MS_EXPORT
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define MS_VERSION_MAJOR 1
+#define MS_VERSION_MINOR 0
+#define MS_VERSION_PATCH 0
+#define MS_VERSION_STRING "1.0.0"
+/** (major << 16) | (minor << 8) | patch, comparable with < and >. */
+#define MS_VERSION_NUMBER                                                      \
+  ((MS_VERSION_MAJOR << 16) | (MS_VERSION_MINOR << 8) | MS_VERSION_PATCH)
+
+/** The MS_VERSION_NUMBER of the library actually linked.  Thread-safe. */
+MS_EXPORT unsigned ms_version(void);
+/** The MS_VERSION_STRING of the library linked; static storage.  Thread-safe.
+ */
+MS_EXPORT const char *ms_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every error code, once.  Codes are never renumbered or reused; retired codes
+ * keep their number.  XX(name, value, description).
+ */
+#define MS_ERRNO_MAP(XX)                                                       \
+  XX(EINVAL, -1, "invalid argument")                                           \
+  XX(ENOMEM, -2, "out of memory, or the model does not fit the memory budget") \
+  XX(ETIMEDOUT, -3, "timed out waiting for a model another caller is loading") \
+  XX(EDEADLK, -4, "a loader asked for the model it is loading")                \
+  XX(EBUSY, -5, "object still in use")                                         \
+  XX(ENOENT, -6, "no such model or object")                                    \
+  XX(ELOAD, -7, "the loader failed")                                           \
+  XX(EIO, -8, "input/output error")                                            \
+  XX(ENOSPC, -9, "no space left for a shared-memory region")                   \
+  XX(EQUOTA, -10, "allocation over the allocator quota")                       \
+  XX(EBADREGION, -11, "malformed or hostile shared-memory region or stream")   \
+  XX(ESTALE, -12, "stale descriptor: the region was recycled")                 \
+  XX(ENOTSUP, -13, "operation not supported on this platform")                 \
+  XX(EACCES, -14, "permission denied")                                         \
+  XX(ERANGE, -15, "value out of range")
+
+typedef enum ms_errno {
+#define MS__ERR_ENUM(name, value, text) MS_##name = (value),
+  MS_ERRNO_MAP(MS__ERR_ENUM)
+#undef MS__ERR_ENUM
+      MS_OK = 0
+} ms_errno_t;
+
+/**
+ * A static English description of `code` ("success" for 0, "unknown error"
+ * for a code not in MS_ERRNO_MAP).  Never returns NULL.  Thread-safe.
+ */
+MS_EXPORT const char *ms_strerror(int code);
+/**
+ * The symbolic name of `code`, e.g. "MS_EINVAL" ("MS_OK" for 0,
+ * "MS_UNKNOWN" otherwise).  Never returns NULL.  Thread-safe.
+ */
+MS_EXPORT const char *ms_err_name(int code);
+
+/* ------------------------------------------------------------------------ */
+/* Model keys                                                                */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A model is identified by the pair (canonical path, canonical config).
+ *   - The path is made absolute and resolved (symlinks, "..") when the file
+ *     exists; otherwise it is kept as given.
+ *   - The config is JSON text.  It is parsed and re-serialised with object
+ *     keys sorted recursively and no whitespace, so configs that differ only
+ *     in key order or spacing name the same model.  NULL or "" means "{}".
+ * Two keys are equal only if both strings are equal byte for byte; the 64-bit
+ * hash is used for bucketing only, so a hash collision never returns the
+ * wrong model.
+ *
+ * Canonicalisation costs microseconds (realpath, JSON parsing).  Build an
+ * ms_key_t once and use ms_registry_acquire_key() on hot paths: with a
+ * prebuilt key, a cache hit does no parsing, no system call and no
+ * allocation.
+ */
+typedef struct ms_key ms_key_t;
+
+/** Longest accepted model path, in bytes, excluding the terminator. */
+#define MS_PATH_MAX 4095
+/** Longest accepted config JSON text, in bytes. */
+#define MS_CONFIG_MAX (1024 * 1024)
+
+/**
+ * Builds a key from a model path and optional config JSON.
+ *
+ * path: non-empty, at most MS_PATH_MAX bytes, no embedded NUL.
+ * config_json: JSON text, NULL or "" for none.  Any JSON value is accepted
+ *   (objects are the usual case).
+ * On success *out owns a new key; free it with ms_key_destroy().
+ * Errors: MS_EINVAL (NULL path or out, empty or over-long path, malformed
+ *   JSON: ms_key_errmsg() names the problem), MS_ENOMEM.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_key_create(const char *path, const char *config_json,
+                            ms_key_t **out);
+/** Frees a key.  NULL is a no-op.  A key may be destroyed while models
+ *  acquired with it are held: the registry keeps its own copy. */
+MS_EXPORT void ms_key_destroy(ms_key_t *key);
+/** The canonical path of key (owned by key).  NULL if key is NULL. */
+MS_EXPORT const char *ms_key_path(const ms_key_t *key);
+/** The canonical config JSON of key (owned by key).  NULL if key is NULL. */
+MS_EXPORT const char *ms_key_config(const ms_key_t *key);
+/** The 64-bit bucketing hash of key; 0 if key is NULL. */
+MS_EXPORT uint64_t ms_key_hash(const ms_key_t *key);
+/**
+ * The message for the last ms_key_create() failure on the calling thread
+ * ("" if none).  The string is owned by the library and valid until the next
+ * ms_key_create() on this thread.
+ */
+MS_EXPORT const char *ms_key_errmsg(void);
+
+/* ------------------------------------------------------------------------ */
+/* Model registry                                                            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The registry keeps at most one loaded instance of each model key.
+ *
+ * States: an entry is LOADING while exactly one caller runs the loader, then
+ * READY.  If the loader fails the entry is removed: every caller waiting on
+ * that load gets the loader's error, nothing is cached, and the next acquire
+ * loads again.
+ *
+ * Handles: every successful acquire returns a reference to an ms_model_t.
+ * Release it with ms_model_release().  A model whose last reference is
+ * released stays cached (idle) until the idle TTL expires, the memory budget
+ * needs its bytes (least recently used first), or ms_registry_evict() /
+ * ms_registry_trim() remove it.  A held model is never evicted.  The loader's
+ * unload function runs exactly once per loaded model, never under a registry
+ * lock.
+ *
+ * Thread safety: every registry function may be called from any thread at
+ * any time.  A cache hit takes a shared read lock and two atomic increments.
+ *
+ * Deadlocks: the loader runs without any registry lock held.  A loader may
+ * acquire other keys from the same registry.  A loader that (directly or via
+ * nested loads on the same thread) asks for the key being loaded gets
+ * MS_EDEADLK.  A cycle of loads across different threads is not detected:
+ * give such loaders a timeout.
+ */
+typedef struct ms_registry ms_registry_t;
+typedef struct ms_model ms_model_t;
+
+/** Wait without limit (timeout_ms argument). */
+#define MS_WAIT_FOREVER UINT64_MAX
+/** Never expire idle models on a timer (idle_ttl_ms option). */
+#define MS_TTL_NEVER UINT64_MAX
+
+/**
+ * How to load and unload one model.  The registry copies this struct at
+ * acquire time, so it may live on the caller's stack.
+ */
+typedef struct ms_loader {
+  size_t struct_size; /**< sizeof(ms_loader_t); set by MS_LOADER_INIT */
+  /**
+   * Loads the model named by path/config_json (the canonical strings).
+   * Must set *model (may be NULL only if the model has no state) and
+   * *bytes (its resident size, used by the memory budget; 0 is allowed).
+   * Returns 0, or a negative code that is handed unchanged to every caller
+   * waiting on this load (use MS_ELOAD when nothing more specific fits).
+   * A positive return is treated as MS_ELOAD.
+   * Runs on the thread of the first caller (or on libuv's thread pool for
+   * ms_registry_acquire_async), with no registry lock held.
+   */
+  int (*load)(void *user, const char *path, const char *config_json,
+              void **model, size_t *bytes);
+  /** Frees a model returned by load.  Exactly once per successful load. May
+   *  be NULL.  Runs with no registry lock held, on whichever thread evicts. */
+  void (*unload)(void *user, void *model);
+  /** Passed to load and unload unchanged. */
+  void *user;
+} ms_loader_t;
+
+#define MS_LOADER_INIT                                                         \
+  { sizeof(ms_loader_t), NULL, NULL, NULL }
+
+/** Registry options.  Initialise with MS_REGISTRY_OPTIONS_INIT. */
+typedef struct ms_registry_options {
+  size_t struct_size; /**< sizeof(ms_registry_options_t) */
+  /**
+   * How long a model with no holder stays cached, in milliseconds.
+   * 0 unloads it at its last release.  MS_TTL_NEVER (the default) keeps it
+   * until the budget or an explicit evict needs it.
+   *
+   * Expiry happens in passes: ms_registry_expire(), which the registry also
+   * runs on every miss and which ms_registry_timer_start() runs
+   * periodically on a libuv loop.  The first pass that sees a model idle
+   * starts its TTL clock, and the first pass after the TTL has run out
+   * unloads it.  With a timer period P, an idle model is therefore
+   * unloaded between idle_ttl_ms and idle_ttl_ms + 2P after its last
+   * release.  (Releases never read the clock: that keeps a cache hit at a
+   * few atomic operations.)
+   */
+  uint64_t idle_ttl_ms;
+  /**
+   * Memory budget: the most bytes (as reported by loaders) resident at once.
+   * 0 (the default) means no budget.  When a new model would go over it,
+   * idle models are unloaded least recently used first; if it still does not
+   * fit, the acquire fails with MS_ENOMEM and nothing is evicted.
+   */
+  uint64_t max_bytes;
+} ms_registry_options_t;
+
+#define MS_REGISTRY_OPTIONS_INIT                                               \
+  { sizeof(ms_registry_options_t), MS_TTL_NEVER, 0 }
+
+/**
+ * Creates a registry.  options may be NULL for the defaults.
+ * Errors: MS_EINVAL (out is NULL, or options->struct_size is too small),
+ *   MS_ENOMEM.
+ */
+MS_EXPORT int ms_registry_create(const ms_registry_options_t *options,
+                                 ms_registry_t **out);
+
+/**
+ * Destroys a registry, unloading every cached model (each unload runs once,
+ * on the calling thread).  NULL returns 0.
+ * Errors: MS_EBUSY if a model is still held, a load is in flight, an async
+ *   acquire is pending or an eviction timer is attached; nothing is changed
+ *   then.
+ * Thread-safe, but no other call on reg may start once this one began.
+ */
+MS_EXPORT int ms_registry_destroy(ms_registry_t *reg);
+
+/**
+ * Acquires the model named by key, loading it with loader on a miss.
+ *
+ * If another caller is already loading the key, waits up to timeout_ms
+ * milliseconds (MS_WAIT_FOREVER: no limit; 0: do not wait) for that load.
+ * A waiter that times out gets MS_ETIMEDOUT; the load goes on and its
+ * result is cached for later callers.
+ * On success *out holds one reference; release it with ms_model_release().
+ * The loader is used only on a miss: a hit returns the cached model whatever
+ * loader was passed.
+ * Errors: MS_EINVAL (NULL reg, key, loader, loader->load or out; struct_size
+ *   too small), MS_ETIMEDOUT, MS_EDEADLK, MS_ENOMEM (allocation, or over the
+ *   memory budget), or the loader's own negative code.
+ * Thread-safe.  A hit does not allocate or make a system call.
+ */
+MS_EXPORT int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,
+                                      const ms_loader_t *loader,
+                                      uint64_t timeout_ms, ms_model_t **out);
+
+/**
+ * Same as ms_registry_acquire_key() with a key built from path and
+ * config_json on every call (see ms_key_create(); malformed JSON is
+ * MS_EINVAL with a message in ms_registry_errmsg()).  Convenient, but it
+ * canonicalises on every call: prefer a prebuilt key on hot paths.
+ */
+MS_EXPORT int ms_registry_acquire(ms_registry_t *reg, const char *path,
+                                  const char *config_json,
+                                  const ms_loader_t *loader,
+                                  uint64_t timeout_ms, ms_model_t **out);
+
+/** Adds a reference to a held model.  Returns model (NULL for NULL).
+ *  Lock-free and thread-safe. */
+MS_EXPORT ms_model_t *ms_model_retain(ms_model_t *model);
+/**
+ * Drops one reference.  When the last one goes, the model becomes idle (see
+ * idle_ttl_ms; with a TTL of 0 it is unloaded here, on this thread).  NULL
+ * is a no-op.  Releasing more references than were acquired is undefined.
+ * Thread-safe; lock-free unless the TTL is 0.
+ */
+MS_EXPORT void ms_model_release(ms_model_t *model);
+/** The pointer the loader produced.  NULL for NULL.  Valid while held. */
+MS_EXPORT void *ms_model_get(const ms_model_t *model);
+/** The byte size the loader reported.  0 for NULL. */
+MS_EXPORT size_t ms_model_bytes(const ms_model_t *model);
+/** Canonical path / config of the model (owned by it; valid while held). */
+MS_EXPORT const char *ms_model_path(const ms_model_t *model);
+MS_EXPORT const char *ms_model_config(const ms_model_t *model);
+
+/**
+ * Unloads the idle model named by key now.
+ * Errors: MS_EINVAL (NULL argument), MS_ENOENT (not cached, or still
+ *   loading), MS_EBUSY (held; nothing is changed).
+ * The unload callback runs on the calling thread.  Thread-safe.
+ */
+MS_EXPORT int ms_registry_evict(ms_registry_t *reg, const ms_key_t *key);
+/** Unloads every idle model.  *count (may be NULL) receives how many.
+ *  Errors: MS_EINVAL (NULL reg).  Thread-safe. */
+MS_EXPORT int ms_registry_trim(ms_registry_t *reg, size_t *count);
+/** One expiry pass (see idle_ttl_ms): starts the TTL clock of models newly
+ *  seen idle and unloads those whose TTL has run out.  *count (may be NULL)
+ *  receives how many were unloaded.  Errors: MS_EINVAL (NULL reg).
+ *  Thread-safe. */
+MS_EXPORT int ms_registry_expire(ms_registry_t *reg, size_t *count);
+
+/** Counters of a registry.  Initialise struct_size (MS_REGISTRY_STATS_INIT). */
+typedef struct ms_registry_stats_s {
+  size_t struct_size;
+  uint64_t hits;          /**< acquires served without running a loader */
+  uint64_t misses;        /**< acquires that ran the loader */
+  uint64_t waits;         /**< hits that waited for another caller's load */
+  uint64_t timeouts;      /**< waits that ended in MS_ETIMEDOUT */
+  uint64_t loads;         /**< successful loads */
+  uint64_t load_failures; /**< loads that failed (incl. over budget) */
+  uint64_t evictions;     /**< models unloaded (TTL, budget, evict, trim) */
+  uint64_t bytes_resident;
+  uint64_t models_resident;
+  uint64_t models_held;   /**< resident models with at least one holder */
+  uint64_t load_ns_total; /**< wall time spent in successful loads */
+} ms_registry_stats_t;
+
+/* Every field is listed so that -Wmissing-field-initializers stays quiet. */
+#define MS_REGISTRY_STATS_INIT                                                 \
+  { sizeof(ms_registry_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+
+/**
+ * Fills *stats with a consistent snapshot, up to stats->struct_size bytes.
+ * Errors: MS_EINVAL (NULL argument or struct_size too small).  Thread-safe.
+ */
+MS_EXPORT int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats);
+
+/** One resident model, as seen by ms_registry_foreach(). */
+typedef struct ms_model_info {
+  size_t struct_size;
+  const char *path;       /**< canonical path */
+  const char *config;     /**< canonical config JSON */
+  uint64_t bytes;         /**< as reported by the loader */
+  uint64_t refcount;      /**< current holders */
+  uint64_t hits;          /**< acquires served from cache */
+  uint64_t loaded_at_ns;  /**< uv_hrtime() clock when the load finished */
+  uint64_t idle_since_ns; /**< uv_hrtime() clock from which its idle TTL
+                            runs; 0 while held or not yet seen idle by an
+                            expiry pass */
+  uint64_t load_ns;       /**< how long its load took */
+} ms_model_info_t;
+
+/**
+ * Calls fn once per resident model with a snapshot taken under the lock; fn
+ * runs with no lock held and may call into the registry.  The info and its
+ * strings are valid only during the call.  Stops early when fn returns
+ * non-zero.  Errors: MS_EINVAL (NULL reg or fn), MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_registry_foreach(ms_registry_t *reg,
+                                  int (*fn)(const ms_model_info_t *info,
+                                            void *user),
+                                  void *user);
+
+/**
+ * The counters and per-model listing as a JSON object:
+ *   {"hits":..,"misses":..,...,"models":[{"path":..,"config":..,...}]}
+ * On success *json is a NUL-terminated string the caller frees with
+ * ms_free().  Errors: MS_EINVAL (NULL argument), MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_registry_stats_json(ms_registry_t *reg, char **json);
+
+/** Frees memory the library returned to the caller (NULL is a no-op). */
+MS_EXPORT void ms_free(void *ptr);
+
+/**
+ * The message for the last error the calling thread got from a function on
+ * reg ("" if none).  Owned by the library; valid until the next failing
+ * call on reg from this thread.  NULL reg returns "".
+ */
+MS_EXPORT const char *ms_registry_errmsg(const ms_registry_t *reg);
+
+/* ------------------------------------------------------------------------ */
+/* libuv integration                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Declared here so that this header does not need <uv.h>. */
+struct uv_loop_s;
+
+/**
+ * Called on the loop thread when an async acquire finishes.  On success
+ * status is 0 and model holds one reference the callback owns; otherwise
+ * status is a negative MS_E* (or loader) code and model is NULL.
+ */
+typedef void (*ms_acquire_cb)(int status, ms_model_t *model, void *user_data);
+
+/**
+ * Acquires key without blocking the loop: the lookup and, on a miss, the
+ * load run on libuv's thread pool (uv_queue_work); cb runs later on the
+ * thread running loop, never from inside this call.  Deduplicated with
+ * synchronous and other async callers of the same key.  key and loader are
+ * copied; they may be freed when this returns.
+ * Errors (cb is then not called): MS_EINVAL (NULL argument), MS_ENOMEM.
+ * Call from the loop's thread.
+ */
+MS_EXPORT int ms_registry_acquire_async(ms_registry_t *reg,
+                                        struct uv_loop_s *loop,
+                                        const ms_key_t *key,
+                                        const ms_loader_t *loader,
+                                        uint64_t timeout_ms, ms_acquire_cb cb,
+                                        void *user_data);
+
+/**
+ * Attaches a repeating uv_timer to loop that runs ms_registry_expire()
+ * every period_ms milliseconds, so idle models are unloaded on the loop
+ * thread when their TTL passes.  The timer does not keep the loop alive.
+ * Errors: MS_EINVAL (NULL argument, period_ms 0), MS_EBUSY (a timer is
+ *   already attached), MS_ENOMEM.  Call from the loop's thread.
+ */
+MS_EXPORT int ms_registry_timer_start(ms_registry_t *reg,
+                                      struct uv_loop_s *loop,
+                                      uint64_t period_ms);
+/**
+ * Stops and closes the timer; it is fully detached after the loop has run
+ * once more (uv_close semantics).  Errors: MS_EINVAL (NULL reg), MS_ENOENT
+ * (no timer).  Call from the loop's thread.
+ */
+MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MODELSHARE_H */

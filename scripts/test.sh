@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: a normal build, an ASan+UBSan build
+# of all suites, and a ThreadSanitizer build of the multi-threaded ones.
+# Exits non-zero on any failure.  Build trees go to build/<variant>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+variant() { # name, ctest arguments..., -- cmake arguments...
+  local name=$1; shift
+  local ctest_args=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do ctest_args+=("$1"); shift; done
+  shift
+  echo "=== $name build"
+  cmake -S . -B "build/$name" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "build/$name" -j "$jobs"
+  echo "=== $name tests"
+  ctest --test-dir "build/$name" --output-on-failure --no-tests=error \
+    -j "$jobs" "${ctest_args[@]}"
+}
+
+variant release --
+# Sanitizers: every suite except the install check (it builds uninstrumented
+# consumers against the instrumented library, which cannot link).
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  variant asan -LE install -- -DMS_SANITIZE=address
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  variant tsan -L registry -- -DMS_SANITIZE=thread -DMS_BUILD_EXAMPLES=OFF
+echo "=== all test variants passed"

@@ -1,0 +1,31 @@
+/* Private helpers shared by every translation unit.  Never installed. */
+#ifndef MS_INTERNAL_COMMON_H
+#define MS_INTERNAL_COMMON_H
+
+#include "modelshare.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define MS__PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define MS__LIKELY(x) __builtin_expect(!!(x), 1)
+#define MS__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MS__PRINTF(fmt, args)
+#define MS__LIKELY(x) (x)
+#define MS__UNLIKELY(x) (x)
+#endif
+
+/*
+ * Per-thread, per-object error messages.  `obj` identifies the object the
+ * message belongs to (a registry, an allocator, or a module's sentinel).
+ * Messages live in thread-local storage, so there is no shared error state.
+ * ms__errmsg_set returns `code` so that error paths can `return` it.
+ */
+int ms__errmsg_set(const void *obj, int code, const char *fmt, ...)
+    MS__PRINTF(3, 4);
+const char *ms__errmsg_get(const void *obj);
+void ms__errmsg_clear(const void *obj);
+
+#endif

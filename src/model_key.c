@@ -1,0 +1,222 @@
+/* Model keys: canonical path + canonical config JSON (cJSON), and a hash. */
+#include "internal/key.h"
+
+#include <cjson/cJSON.h>
+#include <uv.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Identifies ms_key_create() in the per-thread error slots. */
+static const char key_errobj = 0;
+
+uint64_t ms__key_hash(const char *path, size_t path_len, const char *config,
+                      size_t config_len) {
+  /* FNV-1a over path, a separator byte and config, then a final avalanche
+   * (splitmix64) so that low bits are good for power-of-two buckets. */
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < path_len; i++)
+    h = (h ^ (unsigned char)path[i]) * 0x100000001b3ULL;
+  h = (h ^ 0xffu) * 0x100000001b3ULL;
+  for (size_t i = 0; i < config_len; i++)
+    h = (h ^ (unsigned char)config[i]) * 0x100000001b3ULL;
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebULL;
+  h ^= h >> 31;
+  return h;
+}
+
+static int name_cmp(const void *a, const void *b) {
+  const cJSON *x = *(const cJSON *const *)a;
+  const cJSON *y = *(const cJSON *const *)b;
+  return strcmp(x->string, y->string);
+}
+
+/* Sorts object keys recursively; rejects duplicate keys, whose meaning
+ * differs between JSON readers and so cannot have one canonical form. */
+static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
+  if (cJSON_IsArray(node)) {
+    for (cJSON *c = node->child; c != NULL; c = c->next)
+      if (sort_keys(c, errbuf, errlen) != 0)
+        return MS_EINVAL;
+    return 0;
+  }
+  if (!cJSON_IsObject(node) || node->child == NULL)
+    return 0;
+
+  size_t n = 0;
+  for (cJSON *c = node->child; c != NULL; c = c->next)
+    n++;
+  cJSON **v = malloc(n * sizeof(*v));
+  if (v == NULL) {
+    (void)snprintf(errbuf, errlen, "out of memory sorting config keys");
+    return MS_ENOMEM;
+  }
+  size_t i = 0;
+  for (cJSON *c = node->child; c != NULL; c = c->next)
+    v[i++] = c;
+  qsort(v, n, sizeof(*v), name_cmp);
+
+  int rc = 0;
+  for (i = 0; i < n && rc == 0; i++) {
+    if (i > 0 && strcmp(v[i - 1]->string, v[i]->string) == 0) {
+      (void)snprintf(errbuf, errlen, "config JSON has duplicate key \"%.64s\"",
+                     v[i]->string);
+      rc = MS_EINVAL;
+    }
+  }
+  if (rc == 0) {
+    node->child = v[0];
+    for (i = 0; i < n; i++) {
+      v[i]->prev = i > 0 ? v[i - 1] : v[n - 1]; /* cJSON: head->prev = tail */
+      v[i]->next = i + 1 < n ? v[i + 1] : NULL;
+    }
+    for (i = 0; i < n && rc == 0; i++)
+      rc = sort_keys(v[i], errbuf, errlen);
+  }
+  free(v);
+  return rc;
+}
+
+int ms__config_canonical(const char *json, char **out, char *errbuf,
+                         size_t errlen) {
+  size_t len = json != NULL ? strlen(json) : 0;
+  size_t ws = 0;
+  while (ws < len && strchr(" \t\r\n", json[ws]) != NULL)
+    ws++;
+  if (ws == len) { /* NULL, "" or only whitespace: no config */
+    *out = malloc(3);
+    if (*out == NULL)
+      return MS_ENOMEM;
+    memcpy(*out, "{}", 3);
+    return 0;
+  }
+  if (len > MS_CONFIG_MAX) {
+    (void)snprintf(errbuf, errlen,
+                   "config JSON is %zu bytes, over the %d limit", len,
+                   MS_CONFIG_MAX);
+    return MS_EINVAL;
+  }
+
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+  if (root == NULL) {
+    size_t at = end != NULL && end >= json ? (size_t)(end - json) : 0;
+    (void)snprintf(errbuf, errlen,
+                   "malformed config JSON at byte %zu near \"%.16s\"", at,
+                   json + (at < len ? at : len));
+    return MS_EINVAL;
+  }
+  /* cJSON stops after the first value: anything but whitespace after it is
+   * an error, not something to ignore. */
+  size_t at = (size_t)(end - json);
+  while (at < len && strchr(" \t\r\n", json[at]) != NULL)
+    at++;
+  if (at < len) {
+    cJSON_Delete(root);
+    (void)snprintf(errbuf, errlen,
+                   "malformed config JSON: trailing data at byte %zu", at);
+    return MS_EINVAL;
+  }
+
+  int rc = sort_keys(root, errbuf, errlen);
+  if (rc == 0) {
+    *out = cJSON_PrintUnformatted(root);
+    if (*out == NULL) {
+      (void)snprintf(errbuf, errlen, "out of memory printing config JSON");
+      rc = MS_ENOMEM;
+    }
+  }
+  cJSON_Delete(root);
+  return rc;
+}
+
+/* Resolves path when the file exists; *out is malloc'd (NULL on ENOMEM). */
+static char *path_canonical(const char *path) {
+  uv_fs_t req;
+  char *res = NULL;
+  /* Synchronous libuv call (no loop, no callback). */
+  if (uv_fs_realpath(NULL, &req, path, NULL) == 0 && req.ptr != NULL)
+    res = strdup((const char *)req.ptr);
+  else
+    res = strdup(path);
+  uv_fs_req_cleanup(&req);
+  return res;
+}
+
+static int key_build(const char *path, size_t path_len, const char *config,
+                     size_t config_len, ms_key_t **out) {
+  ms_key_t *k = malloc(sizeof(*k) + path_len + config_len + 2);
+  if (k == NULL)
+    return MS_ENOMEM;
+  k->path = k->buf;
+  k->config = k->buf + path_len + 1;
+  k->path_len = path_len;
+  k->config_len = config_len;
+  memcpy(k->path, path, path_len + 1);
+  memcpy(k->config, config, config_len + 1);
+  k->hash = ms__key_hash(path, path_len, config, config_len);
+  *out = k;
+  return 0;
+}
+
+int ms_key_create(const char *path, const char *config_json, ms_key_t **out) {
+  if (out == NULL)
+    return ms__errmsg_set(&key_errobj, MS_EINVAL, "out is NULL");
+  if (path == NULL)
+    return ms__errmsg_set(&key_errobj, MS_EINVAL, "path is NULL");
+  if (path[0] == '\0')
+    return ms__errmsg_set(&key_errobj, MS_EINVAL, "path is empty");
+  if (memchr(path, '\0', MS_PATH_MAX + 1) == NULL)
+    return ms__errmsg_set(&key_errobj, MS_EINVAL,
+                          "path is longer than %d bytes", MS_PATH_MAX);
+
+  char err[256] = "";
+  char *config = NULL;
+  int rc = ms__config_canonical(config_json, &config, err, sizeof(err));
+  if (rc != 0)
+    return ms__errmsg_set(&key_errobj, rc, "%s",
+                          err[0] ? err : ms_strerror(rc));
+
+  char *cpath = path_canonical(path);
+  if (cpath == NULL) {
+    free(config);
+    return ms__errmsg_set(&key_errobj, MS_ENOMEM, "out of memory");
+  }
+  size_t plen = strlen(cpath);
+  if (plen > MS_PATH_MAX)
+    rc = ms__errmsg_set(&key_errobj, MS_EINVAL,
+                        "resolved path is longer than %d bytes", MS_PATH_MAX);
+  else
+    rc = key_build(cpath, plen, config, strlen(config), out);
+  if (rc == MS_ENOMEM)
+    ms__errmsg_set(&key_errobj, rc, "out of memory");
+  free(cpath);
+  free(config);
+  return rc;
+}
+
+int ms__key_dup(const ms_key_t *key, ms_key_t **out) {
+  return key_build(key->path, key->path_len, key->config, key->config_len, out);
+}
+
+void ms_key_destroy(ms_key_t *key) { free(key); }
+
+const char *ms_key_path(const ms_key_t *key) {
+  return key != NULL ? key->path : NULL;
+}
+
+const char *ms_key_config(const ms_key_t *key) {
+  return key != NULL ? key->config : NULL;
+}
+
+uint64_t ms_key_hash(const ms_key_t *key) {
+  return key != NULL ? key->hash : 0;
+}
+
+const char *ms_key_errmsg(void) { return ms__errmsg_get(&key_errobj); }
+
+void ms__key_set_hash(ms_key_t *key, uint64_t hash) { key->hash = hash; }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the built library into a scratch prefix, then builds and runs a
+# consumer against the installed copy: with pkg-config (shared and static)
+# and with find_package (shared and static targets).
+set -euo pipefail
+build=$1 src=$2 work=$3
+cmake=${CMAKE:-cmake}
+rm -rf "$work"
+mkdir -p "$work"
+prefix="$work/prefix"
+"$cmake" --install "$build" --prefix "$prefix" >/dev/null
+
+libdir=$(dirname "$(find "$prefix" -name modelshare.pc | head -n1)")/..
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
+test -f "$prefix/include/modelshare.h"
+test -L "$libdir/libmodelshare.so.1"
+test -f "$libdir/libmodelshare.a"
+# Only the public header is installed.
+[ "$(find "$prefix/include" -type f | wc -l)" -eq 1 ]
+
+cc=${CC:-cc}
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Wextra -Werror "$src/consumer.c" -o "$work/pc_shared" \
+  $(pkg-config --cflags --libs modelshare) -Wl,-rpath,"$libdir"
+"$work/pc_shared"
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Wextra -Werror "$src/consumer.c" -o "$work/pc_static" \
+  $(pkg-config --cflags modelshare) "$libdir/libmodelshare.a" \
+  $(pkg-config --libs-only-l --static modelshare | sed 's/-lmodelshare//')
+"$work/pc_static"
+# The static consumer must not depend on the shared library.
+! ldd "$work/pc_static" | grep -q modelshare
+
+"$cmake" -S "$src" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+"$cmake" --build "$work/cmake-build" >/dev/null
+"$work/cmake-build/consumer_shared"
+"$work/cmake-build/consumer_static"
+echo "install consumer: ok"
