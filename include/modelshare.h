@@ -286,7 +286,9 @@ MS_EXPORT int ms_registry_destroy(ms_registry_t *reg);
  * loader was passed.
  * Errors: MS_EINVAL (NULL reg, key, loader, loader->load or out; struct_size
  *   too small), MS_ETIMEDOUT, MS_EDEADLK, MS_ENOMEM (allocation, or over the
- *   memory budget), or the loader's own negative code.
+ *   memory budget), MS_ERANGE (the loader reported a size that would
+ *   overflow the accounting), or the loader's own negative code.  A model
+ *   refused with MS_ENOMEM or MS_ERANGE is unloaded again at once.
  * Thread-safe.  A hit does not allocate or make a system call.
  */
 MS_EXPORT int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,

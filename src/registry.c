@@ -346,11 +346,14 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
     rc = MS_ELOAD;
 
   ms_model_t *evicted = NULL;
-  int over_budget = 0;
+  int refused = 0; /* loaded, but cannot be kept: unload it again */
   uv_rwlock_wrlock(&reg->lock);
-  if (rc == 0 && budget_make_room(reg, bytes, &evicted) != 0) {
+  if (rc == 0 && (uint64_t)bytes > UINT64_MAX - reg->bytes_resident) {
+    rc = MS_ERANGE; /* an absurd size would wrap the accounting */
+    refused = 1;
+  } else if (rc == 0 && budget_make_room(reg, bytes, &evicted) != 0) {
     rc = MS_ENOMEM;
-    over_budget = 1;
+    refused = 1;
   }
   if (rc == 0) {
     e->model = model;
@@ -382,13 +385,19 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
     *out = e;
     return 0;
   }
-  if (over_budget) {
+  if (refused) {
     if (e->unload != NULL)
       e->unload(e->user, model);
-    ms__errmsg_set(reg, rc,
-                   "\"%s\" needs %zu bytes: over the %llu-byte budget even "
-                   "with every idle model evicted",
-                   e->path, bytes, (unsigned long long)reg->max_bytes);
+    if (rc == MS_ERANGE)
+      ms__errmsg_set(reg, rc,
+                     "loader for \"%s\" reported an absurd size "
+                     "(%zu bytes)",
+                     e->path, bytes);
+    else
+      ms__errmsg_set(reg, rc,
+                     "\"%s\" needs %zu bytes: over the %llu-byte budget "
+                     "even with every idle model evicted",
+                     e->path, bytes, (unsigned long long)reg->max_bytes);
   } else {
     ms__errmsg_set(reg, rc, "loader for \"%s\" failed: %s (%d)", e->path,
                    ms_strerror(rc), rc);

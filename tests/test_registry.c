@@ -529,6 +529,20 @@ static void test_over_budget_is_enomem_and_changes_nothing(void **state) {
   assert_int_equal(ms_registry_acquire_key(reg, huge, &l400, 0, &m), MS_ENOMEM);
   assert_int_equal(atomic_load(&t400.unloads), 1);
 
+  /* An absurd size cannot wrap the accounting, budget or not. */
+  ms_registry_t *nobudget = new_registry(MS_TTL_NEVER, 0);
+  tl tmax = {.bytes = SIZE_MAX};
+  ms_loader_t lmax = tl_loader(&tmax);
+  ms_model_t *ok = NULL;
+  assert_int_equal(ms_registry_acquire_key(nobudget, big, &l50, 0, &ok), 0);
+  assert_int_equal(ms_registry_acquire_key(nobudget, huge, &lmax, 0, &m),
+                   MS_ERANGE);
+  assert_non_null(strstr(ms_registry_errmsg(nobudget), "absurd size"));
+  assert_int_equal(atomic_load(&tmax.unloads), 1);
+  assert_int_equal(get_stats(nobudget).bytes_resident, 50);
+  ms_model_release(ok);
+  assert_int_equal(ms_registry_destroy(nobudget), 0);
+
   /* After the holder lets go, the same request fits (idle ones evicted). */
   ms_model_release(held);
   assert_int_equal(ms_registry_acquire_key(reg, next, &l200, 0, &m), 0);
