@@ -2,10 +2,10 @@
  * modelshare.h - the one public header of libmodelshare.
  *
  * libmodelshare shares loaded models between the parts of a program (a
- * refcounted model registry) and, in later releases, tensors between
- * processes.  This header is the reference manual: every declaration says what
- * it does, who owns what, what happens on NULL, whether it is thread-safe and
- * which errors it returns.
+ * refcounted model registry) and tensors between processes (a shared-memory
+ * tensor allocator with a safetensors fallback).  This header is the reference
+ * manual: every declaration says what it does, who owns what, what happens on
+ * NULL, whether it is thread-safe and which errors it returns.
  *
  * Conventions used throughout:
  *   - Functions that can fail return int: 0 on success, a negative MS_E* code
@@ -409,6 +409,287 @@ MS_EXPORT void ms_free(void *ptr);
  * call on reg from this thread.  NULL reg returns "".
  */
 MS_EXPORT const char *ms_registry_errmsg(const ms_registry_t *reg);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A tensor is a C-contiguous n-dimensional array.  It lives either in a
+ * named shared-memory region (allocated with ms_tensor_alloc or opened from
+ * another process with ms_tensor_open) or on the heap (from
+ * ms_tensor_deserialize without an allocator).  Every accessor below works
+ * on both.
+ *
+ * Element types are DLPack's (code, bits, lanes) triples.  MS_DTYPE_* name
+ * the supported ones; the value packs code | bits << 8 | lanes << 16.
+ */
+typedef enum ms_dtype {
+  MS_DTYPE_INT8 = 0 | (8 << 8) | (1 << 16),
+  MS_DTYPE_INT16 = 0 | (16 << 8) | (1 << 16),
+  MS_DTYPE_INT32 = 0 | (32 << 8) | (1 << 16),
+  MS_DTYPE_INT64 = 0 | (64 << 8) | (1 << 16),
+  MS_DTYPE_UINT8 = 1 | (8 << 8) | (1 << 16),
+  MS_DTYPE_UINT16 = 1 | (16 << 8) | (1 << 16),
+  MS_DTYPE_UINT32 = 1 | (32 << 8) | (1 << 16),
+  MS_DTYPE_UINT64 = 1 | (64 << 8) | (1 << 16),
+  MS_DTYPE_FLOAT16 = 2 | (16 << 8) | (1 << 16),
+  MS_DTYPE_FLOAT32 = 2 | (32 << 8) | (1 << 16),
+  MS_DTYPE_FLOAT64 = 2 | (64 << 8) | (1 << 16),
+  MS_DTYPE_BFLOAT16 = 4 | (16 << 8) | (1 << 16),
+  /** DLPack kDLBool (code 6), one byte per element. */
+  MS_DTYPE_BOOL = 6 | (8 << 8) | (1 << 16)
+} ms_dtype_t;
+
+/** Most dimensions a tensor may have. */
+#define MS_MAX_NDIM 16
+/** Longest descriptor string, including the terminating NUL. */
+#define MS_DESCRIPTOR_MAX 96
+
+typedef struct ms_tensor ms_tensor_t;
+
+/** Bytes per element of dtype, or 0 if dtype is not an MS_DTYPE_* value. */
+MS_EXPORT size_t ms_dtype_size(ms_dtype_t dtype);
+
+/** The data, in place: never a copy.  NULL for NULL.  Writing through it is
+ *  only allowed for tensors allocated here or opened with MS_OPEN_WRITE
+ *  (read-only mappings fault on write). */
+MS_EXPORT void *ms_tensor_data(const ms_tensor_t *t);
+/** dtype, number of dimensions, shape and strides (in elements, DLPack
+ *  style).  The arrays are owned by t, validated private copies: another
+ *  process rewriting the region header cannot change them. */
+MS_EXPORT ms_dtype_t ms_tensor_dtype(const ms_tensor_t *t);
+MS_EXPORT int ms_tensor_ndim(const ms_tensor_t *t);
+MS_EXPORT const int64_t *ms_tensor_shape(const ms_tensor_t *t);
+MS_EXPORT const int64_t *ms_tensor_strides(const ms_tensor_t *t);
+/** Size of the data in bytes (elements x element size).  0 for NULL. */
+MS_EXPORT size_t ms_tensor_nbytes(const ms_tensor_t *t);
+
+/** Adds a reference to t (returns t).  Lock-free, thread-safe. */
+MS_EXPORT ms_tensor_t *ms_tensor_retain(ms_tensor_t *t);
+/**
+ * Drops a reference.  The last one releases this process's hold on the
+ * region: when no process holds it any more, it goes back to its creator's
+ * pool or, if the creator has no pool or is gone, is unlinked.  NULL is a
+ * no-op.  Thread-safe.
+ */
+MS_EXPORT void ms_tensor_release(ms_tensor_t *t);
+
+/**
+ * Writes t's descriptor into buf (at least MS_DESCRIPTOR_MAX bytes): a short
+ * printable string (region name and generation, [A-Za-z0-9_:-] only) that
+ * another process passes to ms_tensor_open().  The descriptor stays valid
+ * while some process holds the tensor; after that it may be unlinked or
+ * recycled, and opening it gives MS_ENOENT or MS_ESTALE.
+ * Errors: MS_EINVAL (NULL, heap tensor), MS_ERANGE (len too small).
+ */
+MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Shared-memory allocator                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An allocator (ms_shm_t) creates tensors in shared memory and opens other
+ * processes' tensors.  Producer and consumer each create their own, pointed
+ * at the same namespace (the same `dir`, or both the default).
+ *
+ * Regions: created with mode 0600 and O_EXCL under unguessable names
+ * (random 128 bits), backed at creation (posix_fallocate: a full tmpfs is
+ * MS_ENOSPC now, never SIGBUS later) and pre-faulted.  A released region
+ * stays mapped in its creator's pool and is reused by a later allocation of
+ * a similar size, so a steady allocate/write/hand-off/read cycle runs at
+ * memcpy speed.  Reuse bumps the region's generation: old descriptors then
+ * give MS_ESTALE.
+ *
+ * Every header field read from shared memory is treated as hostile: it is
+ * checked against the real size of the mapping (magic, layout version,
+ * sizes, shape x itemsize overflow, strides within bounds, ndim <=
+ * MS_MAX_NDIM) and a bad header is MS_EBADREGION, never a crash.
+ *
+ * Crash safety: each allocator holds a liveness token that the kernel drops
+ * when its process dies (a flock()ed file).  ms_shm_sweep(), also run by
+ * ms_shm_create(), releases the references of dead processes and unlinks
+ * regions that no live process holds.  Tokens are random, so pid reuse
+ * cannot make a dead process look alive.  A child made with fork() shares
+ * its parent's token: it must create its own allocator, and the parent's
+ * token stays alive while the child lives.
+ *
+ * Thread safety: every function may be called from any thread.
+ */
+typedef struct ms_shm ms_shm_t;
+
+/** Allocator options.  Initialise with MS_SHM_OPTIONS_INIT. */
+typedef struct ms_shm_options {
+  size_t struct_size;
+  /** Directory on a tmpfs to keep regions in, or NULL (default) for
+   *  shm_open()'s namespace (/dev/shm on Linux). */
+  const char *dir;
+  /** Name prefix of every object created: 1 to 16 of [A-Za-z0-9_-].
+   *  NULL means "ms-".  Sweeps only look at objects with this prefix. */
+  const char *prefix;
+  /** Most bytes of live tensor data this allocator may have allocated at
+   *  once; 0 = no limit.  Over it: MS_EQUOTA. */
+  uint64_t max_bytes;
+  /** The same limit per session label; 0 = no limit. */
+  uint64_t max_session_bytes;
+  /** Bytes of released regions kept mapped for reuse; 0 disables pooling
+   *  (regions are unlinked at their last release).  Default 256 MiB. */
+  uint64_t pool_bytes;
+  /** Mappings of other processes' regions kept for fast reopening. */
+  uint32_t open_cache;
+} ms_shm_options_t;
+
+#define MS_SHM_OPTIONS_INIT                                                    \
+  { sizeof(ms_shm_options_t), NULL, NULL, 0, 0, 256u << 20, 64 }
+
+/**
+ * Creates an allocator, takes its liveness token and sweeps the namespace.
+ * options may be NULL for the defaults.
+ * Errors: MS_EINVAL (bad option: prefix charset or length, dir not a
+ *   directory), MS_ENOTSUP (no shared memory here), MS_EACCES, MS_EIO,
+ *   MS_ENOMEM.
+ */
+MS_EXPORT int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out);
+/**
+ * Destroys an allocator: unlinks its pooled regions, unmaps its cache and
+ * drops its liveness token.  Regions it created that other processes still
+ * hold stay until their last holder releases them.
+ * Errors: MS_EBUSY if tensors obtained from shm are still held (nothing is
+ * changed then).  NULL returns 0.
+ */
+MS_EXPORT int ms_shm_destroy(ms_shm_t *shm);
+
+/**
+ * Allocates a C-contiguous tensor in shared memory, held once by the
+ * caller.  Data is aligned to at least 64 bytes (a page, in practice) and
+ * its contents are unspecified (a reused region keeps old bytes).
+ * ndim: 0..MS_MAX_NDIM; shape: ndim non-negative sizes (NULL if ndim is 0).
+ * session: label for per-session quotas, or NULL.
+ * Errors: MS_EINVAL (bad dtype, ndim, shape, or a session label longer
+ *   than 63 bytes), MS_ERANGE (size overflows), MS_EQUOTA, MS_ENOSPC (the
+ *   tmpfs is full), MS_ENOMEM, MS_EIO.
+ */
+MS_EXPORT int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
+                              const int64_t *shape, const char *session,
+                              ms_tensor_t **out);
+
+/** Flags of ms_tensor_open(). */
+#define MS_OPEN_WRITE 1u /**< map the data read-write (default read-only) */
+
+/**
+ * Opens a descriptor made by ms_tensor_descriptor() (in any process that
+ * uses the same namespace) and returns the tensor in place, held once.
+ * Reopening a region this allocator already maps takes no system call.
+ * Errors: MS_EINVAL (malformed descriptor: wrong charset or length, path
+ *   separators, bad generation), MS_ENOENT (no such region), MS_ESTALE (it
+ *   was recycled), MS_EBADREGION (hostile or corrupt header), MS_EBUSY (too
+ *   many processes hold it), MS_EACCES, MS_ENOMEM, MS_EIO.
+ */
+MS_EXPORT int ms_tensor_open(ms_shm_t *shm, const char *descriptor,
+                             unsigned flags, ms_tensor_t **out);
+
+/**
+ * Releases the references of dead processes and unlinks regions and tokens
+ * that no live process holds, in this allocator's namespace and prefix.
+ * *reclaimed (may be NULL) receives the number of regions unlinked.
+ * Errors: MS_EINVAL (NULL shm), MS_EIO (the namespace cannot be listed).
+ */
+MS_EXPORT int ms_shm_sweep(ms_shm_t *shm, size_t *reclaimed);
+
+/** Allocator counters.  Initialise with MS_SHM_STATS_INIT. */
+typedef struct ms_shm_stats_s {
+  size_t struct_size;
+  uint64_t regions_active;  /**< created here and held by some process */
+  uint64_t regions_pooled;  /**< created here, free, kept for reuse */
+  uint64_t regions_opened;  /**< others' regions mapped (cache included) */
+  uint64_t bytes_mapped;    /**< all mappings of this allocator */
+  uint64_t bytes_allocated; /**< live data bytes counted by the quota */
+  uint64_t allocations;     /**< ms_tensor_alloc successes */
+  uint64_t pool_hits;       /**< allocations served by a pooled region */
+  uint64_t frees;           /**< regions of ours that became free */
+  uint64_t opens;           /**< ms_tensor_open successes */
+  uint64_t open_cache_hits;
+} ms_shm_stats_t;
+
+#define MS_SHM_STATS_INIT                                                      \
+  { sizeof(ms_shm_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+
+/** Fills *stats (up to stats->struct_size bytes).  Errors: MS_EINVAL. */
+MS_EXPORT int ms_shm_stats(ms_shm_t *shm, ms_shm_stats_t *stats);
+/** The same as a JSON object; free *json with ms_free().
+ *  Errors: MS_EINVAL, MS_ENOMEM. */
+MS_EXPORT int ms_shm_stats_json(ms_shm_t *shm, char **json);
+/** Message for the last error the calling thread got from shm ("" if none;
+ *  NULL shm: the last ms_shm_create() or ms_tensor_deserialize() failure of
+ *  this thread). */
+MS_EXPORT const char *ms_shm_errmsg(const ms_shm_t *shm);
+
+/** What shared memory can do here.  Initialise with MS_CAPABILITIES_INIT. */
+typedef struct ms_capabilities_s {
+  size_t struct_size;
+  int shm_available;        /**< 1 if a region could be created and mapped */
+  uint64_t shm_free_bytes;  /**< free space of the backing tmpfs */
+  uint64_t shm_total_bytes; /**< its size */
+  uint64_t page_size;
+  uint64_t max_region_bytes; /**< the largest region that fits now */
+} ms_capabilities_t;
+
+#define MS_CAPABILITIES_INIT                                                   \
+  { sizeof(ms_capabilities_t), 0, 0, 0, 0, 0 }
+
+/**
+ * Probes shared memory in dir (NULL: the default namespace) by creating,
+ * mapping and unlinking a one-page region.  Errors: MS_EINVAL (NULL caps
+ * or struct_size too small).  An unusable namespace is not an error:
+ * shm_available is 0 and tensors should travel by ms_tensor_serialize().
+ */
+MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
+
+/* ------------------------------------------------------------------------ */
+/* Serialization fallback (safetensors)                                      */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Encodes t as a single-tensor safetensors stream: an 8-byte little-endian
+ * header length, a JSON header {"<name>":{"dtype":..,"shape":[..],
+ * "data_offsets":[0,N]}} (plus "__metadata__" when metadata_json is a JSON
+ * object of strings), padded with spaces to 8 bytes, then the raw data.
+ * Any safetensors reader can read it.  name: 1..255 bytes, not
+ * "__metadata__"; NULL means "tensor".
+ * On success *buf (free with ms_free) holds *len bytes.
+ * Errors: MS_EINVAL (NULL t/buf/len, bad name or metadata), MS_ENOMEM.
+ */
+MS_EXPORT int ms_tensor_serialize(const ms_tensor_t *t, const char *name,
+                                  const char *metadata_json, void **buf,
+                                  size_t *len);
+
+/**
+ * Decodes a single-tensor safetensors stream into a new tensor: in shared
+ * memory allocated from shm, or on the heap when shm is NULL.  The input is
+ * treated as hostile: every length, offset, dtype and shape is checked, the
+ * JSON header must be an object with exactly one tensor (plus optional
+ * "__metadata__") and no duplicate keys, and nothing outside buf is read.
+ * Errors: MS_EINVAL (NULL argument), MS_EBADREGION (malformed stream; the
+ *   message says what), and ms_tensor_alloc()'s errors.
+ */
+MS_EXPORT int ms_tensor_deserialize(ms_shm_t *shm, const void *buf, size_t len,
+                                    ms_tensor_t **out);
+
+/* ------------------------------------------------------------------------ */
+/* DLPack                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* From <dlpack/dlpack.h>; declared here so this header does not need it. */
+struct DLManagedTensor;
+
+/**
+ * Exports t as a DLPack DLManagedTensor on the CPU device, pointing at the
+ * same bytes (no copy).  It holds its own reference to t; its deleter
+ * releases it.  Pass it to any DLPack consumer (NumPy, PyTorch...).
+ * Errors: MS_EINVAL (NULL argument), MS_ENOMEM.
+ */
+MS_EXPORT int ms_tensor_to_dlpack(ms_tensor_t *t, struct DLManagedTensor **out);
 
 /* ------------------------------------------------------------------------ */
 /* libuv integration                                                         */

@@ -21,11 +21,13 @@ variant() { # name, ctest arguments..., -- cmake arguments...
 }
 
 variant release --
-# Sanitizers: every suite except the install check (it builds uninstrumented
-# consumers against the instrumented library, which cannot link).
+# Sanitizers: every suite except the install check and the Python test
+# (both load the instrumented library into uninstrumented programs).
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  variant asan -LE install -- -DMS_SANITIZE=address
+  variant asan -LE 'install|python' -- -DMS_SANITIZE=address
+# ThreadSanitizer: the multi-threaded suites.
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  variant tsan -L registry -- -DMS_SANITIZE=thread -DMS_BUILD_EXAMPLES=OFF
+  variant tsan -L 'registry|shm' -LE python -- -DMS_SANITIZE=thread \
+  -DMS_BUILD_EXAMPLES=OFF
 echo "=== all test variants passed"

@@ -175,16 +175,7 @@ int ms_registry_stats_json(ms_registry_t *reg, char **json) {
     ok = model_json(models, &v[i].info, now);
   snapshot_free(v, n);
 
-  char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
+  rc = ok ? ms__json_print(root, json) : MS_ENOMEM;
   cJSON_Delete(root);
-  if (text == NULL)
-    return ms__errmsg_set(reg, MS_ENOMEM, "out of memory building JSON");
-  /* cJSON may use its own allocator hooks; hand out malloc memory that
-   * ms_free() can release. */
-  size_t len = strlen(text) + 1;
-  *json = malloc(len);
-  if (*json != NULL)
-    memcpy(*json, text, len);
-  cJSON_free(text);
-  return *json != NULL ? 0 : ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
+  return rc == 0 ? 0 : ms__errmsg_set(reg, rc, "out of memory building JSON");
 }

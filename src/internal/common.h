@@ -15,6 +15,11 @@
 #define MS__PRINTF(fmt, args)
 #define MS__LIKELY(x) (x)
 #define MS__UNLIKELY(x) (x)
+/* Prints root as compact JSON into memory the caller frees with ms_free().
+ * Returns 0 or MS_ENOMEM (also when root is NULL). */
+struct cJSON;
+int ms__json_print(const struct cJSON *root, char **out);
+
 #endif
 
 /*
@@ -27,5 +32,10 @@ int ms__errmsg_set(const void *obj, int code, const char *fmt, ...)
     MS__PRINTF(3, 4);
 const char *ms__errmsg_get(const void *obj);
 void ms__errmsg_clear(const void *obj);
+
+/* Prints root as compact JSON into memory the caller frees with ms_free().
+ * Returns 0 or MS_ENOMEM (also when root is NULL). */
+struct cJSON;
+int ms__json_print(const struct cJSON *root, char **out);
 
 #endif

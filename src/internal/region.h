@@ -1,0 +1,60 @@
+/*
+ * The platform layer: named shared-memory regions and liveness tokens.
+ * One implementation per platform (shm_region_posix.c, shm_region_win32.c);
+ * the portable tensor and pool code uses nothing else from the OS.
+ *
+ * Names are plain [A-Za-z0-9_.-] strings without separators; the caller
+ * validates them.  Every function returns 0 or a negative MS_E* code.
+ */
+#ifndef MS_INTERNAL_REGION_H
+#define MS_INTERNAL_REGION_H
+
+#include "internal/common.h"
+
+/* Where regions live: shm_open()'s namespace, or a directory. */
+typedef struct ms__ns ms__ns;
+
+int ms__ns_open(const char *dir, ms__ns **out);
+void ms__ns_close(ms__ns *ns);
+/* Free and total bytes of the backing store. */
+int ms__ns_space(const ms__ns *ns, uint64_t *free_bytes, uint64_t *total);
+/* Calls fn for every object whose name starts with prefix; stops when fn
+ * returns non-zero.  MS_ENOTSUP where the namespace cannot be listed. */
+int ms__ns_list(const ms__ns *ns, const char *prefix,
+                int (*fn)(const char *name, void *user), void *user);
+
+typedef struct ms__region {
+  void *base;
+  size_t size;
+} ms__region;
+
+/* Creates a new region (exclusive, owner-only), reserves its backing store
+ * (full store: MS_ENOSPC, never a fault later), and maps it read-write,
+ * pre-faulted. */
+int ms__region_create(const ms__ns *ns, const char *name, size_t size,
+                      ms__region *out);
+/* Maps an existing region read-write at its real size (fstat /
+ * VirtualQuery).  A region smaller than min_size is MS_EBADREGION. */
+int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
+                    ms__region *out);
+/* Makes bytes [from, size) read-only, or read-write again.  from is a
+ * multiple of the page size. */
+int ms__region_protect(ms__region *r, size_t from, int writable);
+void ms__region_unmap(ms__region *r);
+int ms__region_unlink(const ms__ns *ns, const char *name);
+
+/* A liveness token: held by a live process, released by the kernel when it
+ * dies. */
+typedef struct ms__token {
+  intptr_t handle;
+} ms__token;
+
+int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out);
+void ms__token_release(const ms__ns *ns, const char *name, ms__token *t);
+/* 1 if a live process holds the token (or is creating it), 0 if not. */
+int ms__token_alive(const ms__ns *ns, const char *name);
+
+int ms__random(void *buf, size_t len);
+size_t ms__page_size(void);
+
+#endif

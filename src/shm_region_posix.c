@@ -1,0 +1,291 @@
+/* Platform layer, POSIX: regions are shm_open() objects or files in a
+ * directory (a tmpfs); liveness tokens are flock()ed objects. */
+#define _GNU_SOURCE /* MAP_POPULATE, O_NOFOLLOW, flock */
+#include "internal/region.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
+
+#ifndef MAP_POPULATE
+#define MAP_POPULATE 0
+#endif
+
+/* Where Linux exposes shm_open()'s namespace, for listing and statvfs. */
+#define SHM_DIR "/dev/shm"
+/* A token file still empty after this long belongs to a creator that died
+ * before it finished taking the lock. */
+#define TOKEN_SETUP_GRACE_S 60
+
+struct ms__ns {
+  int dirfd; /* -1: shm_open()'s namespace */
+  char dir[];
+};
+
+static int err_of(int e) {
+  switch (e) {
+  case ENOENT:
+    return MS_ENOENT;
+  case EACCES:
+  case EPERM:
+  case EROFS:
+    return MS_EACCES;
+  case ENOSPC:
+  case EFBIG:
+  case EDQUOT:
+    return MS_ENOSPC;
+  case ENOMEM:
+    return MS_ENOMEM;
+  case ENOSYS:
+  case EOPNOTSUPP:
+    return MS_ENOTSUP;
+  case ELOOP:
+  case ENAMETOOLONG:
+  case EINVAL:
+    return MS_EINVAL;
+  default:
+    return MS_EIO;
+  }
+}
+
+int ms__ns_open(const char *dir, ms__ns **out) {
+  size_t len = dir != NULL ? strlen(dir) : 0;
+  ms__ns *ns = malloc(sizeof(*ns) + len + 1);
+  if (ns == NULL)
+    return MS_ENOMEM;
+  ns->dirfd = -1;
+  memcpy(ns->dir, dir != NULL ? dir : "", len + 1);
+  if (dir != NULL) {
+    ns->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (ns->dirfd < 0) {
+      int rc = errno == ENOTDIR ? MS_EINVAL : err_of(errno);
+      free(ns);
+      return rc;
+    }
+  }
+  *out = ns;
+  return 0;
+}
+
+void ms__ns_close(ms__ns *ns) {
+  if (ns == NULL)
+    return;
+  if (ns->dirfd >= 0)
+    close(ns->dirfd);
+  free(ns);
+}
+
+static int ns_open_fd(const ms__ns *ns, const char *name, int flags,
+                      mode_t mode) {
+  flags |= O_CLOEXEC | O_NOFOLLOW;
+  if (ns->dirfd >= 0)
+    return openat(ns->dirfd, name, flags, mode);
+  char path[256];
+  if (snprintf(path, sizeof(path), "/%s", name) >= (int)sizeof(path)) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return shm_open(path, flags, mode);
+}
+
+static int ns_unlink(const ms__ns *ns, const char *name) {
+  if (ns->dirfd >= 0)
+    return unlinkat(ns->dirfd, name, 0);
+  char path[256];
+  (void)snprintf(path, sizeof(path), "/%s", name);
+  return shm_unlink(path);
+}
+
+int ms__ns_space(const ms__ns *ns, uint64_t *free_bytes, uint64_t *total) {
+  struct statvfs st;
+  int rc = ns->dirfd >= 0 ? fstatvfs(ns->dirfd, &st) : statvfs(SHM_DIR, &st);
+  if (rc != 0)
+    return err_of(errno);
+  *free_bytes = (uint64_t)st.f_bavail * st.f_frsize;
+  *total = (uint64_t)st.f_blocks * st.f_frsize;
+  return 0;
+}
+
+int ms__ns_list(const ms__ns *ns, const char *prefix,
+                int (*fn)(const char *name, void *user), void *user) {
+  DIR *d = NULL;
+  if (ns->dirfd >= 0) {
+    int fd = openat(ns->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL && fd >= 0)
+      close(fd);
+  } else {
+    d = opendir(SHM_DIR);
+  }
+  if (d == NULL)
+    return errno == ENOENT ? MS_ENOTSUP : err_of(errno);
+  size_t plen = strlen(prefix);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (strncmp(e->d_name, prefix, plen) == 0 && fn(e->d_name, user) != 0)
+      break;
+  closedir(d);
+  return 0;
+}
+
+int ms__region_create(const ms__ns *ns, const char *name, size_t size,
+                      ms__region *out) {
+  if (size == 0 || (off_t)size < 0)
+    return MS_EINVAL;
+  int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0)
+    return err_of(errno);
+  /* Reserve the pages now: a full tmpfs fails here, not with SIGBUS at
+   * first touch.  (posix_fallocate returns the error, not errno.) */
+  int e = posix_fallocate(fd, 0, (off_t)size);
+  void *base = MAP_FAILED;
+  if (e == 0) {
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                fd, 0);
+    if (base == MAP_FAILED)
+      e = errno;
+  }
+  close(fd);
+  if (e != 0) {
+    (void)ns_unlink(ns, name);
+    return err_of(e);
+  }
+  out->base = base;
+  out->size = size;
+  return 0;
+}
+
+int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
+                    ms__region *out) {
+  int fd = ns_open_fd(ns, name, O_RDWR, 0);
+  if (fd < 0)
+    return err_of(errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int rc = err_of(errno);
+    close(fd);
+    return rc;
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
+      (uint64_t)st.st_size < min_size || (uint64_t)st.st_size > SIZE_MAX) {
+    close(fd);
+    return MS_EBADREGION;
+  }
+  size_t size = (size_t)st.st_size;
+  void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int e = base == MAP_FAILED ? errno : 0;
+  close(fd);
+  if (e != 0)
+    return err_of(e);
+  out->base = base;
+  out->size = size;
+  return 0;
+}
+
+int ms__region_protect(ms__region *r, size_t from, int writable) {
+  if (from >= r->size)
+    return 0;
+  int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+  return mprotect((char *)r->base + from, r->size - from, prot) == 0
+             ? 0
+             : err_of(errno);
+}
+
+void ms__region_unmap(ms__region *r) {
+  if (r->base != NULL)
+    (void)munmap(r->base, r->size);
+  r->base = NULL;
+  r->size = 0;
+}
+
+int ms__region_unlink(const ms__ns *ns, const char *name) {
+  return ns_unlink(ns, name) == 0 ? 0 : err_of(errno);
+}
+
+/*
+ * Tokens.  The creator makes the object empty, takes an exclusive flock
+ * and only then gives it one byte: an empty token is "being set up" (or
+ * its creator died within that window; see TOKEN_SETUP_GRACE_S), so a
+ * sweep never mistakes a token being created for a dead one.
+ */
+int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
+  int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
+  if (fd < 0)
+    return err_of(errno);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0) {
+    int rc = err_of(errno);
+    close(fd);
+    (void)ns_unlink(ns, name);
+    return rc;
+  }
+  out->handle = fd;
+  return 0;
+}
+
+void ms__token_release(const ms__ns *ns, const char *name, ms__token *t) {
+  (void)ns_unlink(ns, name);
+  close((int)t->handle);
+  t->handle = -1;
+}
+
+int ms__token_alive(const ms__ns *ns, const char *name) {
+  int fd = ns_open_fd(ns, name, O_RDWR, 0);
+  if (fd < 0)
+    return 0; /* no token: nobody alive holds it */
+  struct stat st;
+  int alive = 1;
+  if (fstat(fd, &st) == 0 && st.st_size == 0)
+    alive = time(NULL) - st.st_mtime < TOKEN_SETUP_GRACE_S;
+  else if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+    alive = 0; /* we got the lock: its holder is gone */
+  close(fd);   /* also drops our lock, if we took it */
+  return alive;
+}
+
+int ms__random(void *buf, size_t len) {
+  unsigned char *p = buf;
+#if defined(__linux__)
+  while (len > 0) {
+    ssize_t n = getrandom(p, len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    p += n;
+    len -= (size_t)n;
+  }
+  if (len == 0)
+    return 0;
+#endif
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return MS_EIO;
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n <= 0) {
+      close(fd);
+      return MS_EIO;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  close(fd);
+  return 0;
+}
+
+size_t ms__page_size(void) {
+  long ps = sysconf(_SC_PAGESIZE);
+  return ps > 0 ? (size_t)ps : 4096;
+}

@@ -1,0 +1,150 @@
+/*
+ * A separate process for the shared-memory tests: producer, consumer,
+ * holder, or a process that misbehaves.  Each mode uses its own allocator,
+ * as a real peer process would.
+ *
+ *   shm_helper produce  DIR BYTES SEED     allocate, fill, print descriptor,
+ *                                          release when stdin closes
+ *   shm_helper publish  DIR BYTES SEED     same, then hang (to be killed)
+ *   shm_helper consume  DIR DESC BYTES SEED  open read-only, verify; DESC
+ *                                          "-": print "ready", then read
+ *                                          the descriptor from stdin
+ *   shm_helper hold     DIR DESC           open, print "held", hang
+ *   shm_helper write-ro DIR DESC           open read-only, write (faults)
+ *   shm_helper dlpack   DIR                float32 [4,256] = i/2; on each
+ *                                          stdin line "bump", data[0] += 1000
+ *
+ * DIR "-" means the default namespace.  Exit status: 0 ok, 2 wrong data,
+ * 10 + (-error code) when a library call fails.
+ */
+#include "modelshare.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static ms_shm_t *shm_open_dir(const char *dir) {
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.dir = strcmp(dir, "-") == 0 ? NULL : dir;
+  ms_shm_t *shm = NULL;
+  int rc = ms_shm_create(&o, &shm);
+  if (rc != 0) {
+    fprintf(stderr, "helper: ms_shm_create: %s\n", ms_shm_errmsg(NULL));
+    exit(10 - rc);
+  }
+  return shm;
+}
+
+static unsigned char pattern(size_t i, unsigned seed) {
+  return (unsigned char)((i * 2654435761u) >> 13 ^ seed);
+}
+
+/* Fails cleanly: the allocator is destroyed, so only deliberate crashes
+ * leave anything for a sweep. */
+static void check(int rc, ms_shm_t *shm, const char *what) {
+  if (rc != 0) {
+    fprintf(stderr, "helper: %s: %s (%s)\n", what, ms_err_name(rc),
+            ms_shm_errmsg(shm));
+    ms_shm_destroy(shm);
+    exit(10 - rc);
+  }
+}
+
+static ms_tensor_t *produce(ms_shm_t *shm, size_t bytes, unsigned seed) {
+  int64_t shape[1] = {(int64_t)bytes};
+  ms_tensor_t *t = NULL;
+  check(ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, "helper", &t), shm,
+        "alloc");
+  unsigned char *p = ms_tensor_data(t);
+  for (size_t i = 0; i < bytes; i++)
+    p[i] = pattern(i, seed);
+  char desc[MS_DESCRIPTOR_MAX];
+  check(ms_tensor_descriptor(t, desc, sizeof(desc)), shm, "descriptor");
+  printf("%s\n", desc);
+  fflush(stdout);
+  return t;
+}
+
+static void wait_stdin_eof(void) {
+  char line[64];
+  while (fgets(line, sizeof(line), stdin) != NULL)
+    ;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3)
+    return 64;
+  const char *mode = argv[1];
+  ms_shm_t *shm = shm_open_dir(argv[2]);
+
+  if ((strcmp(mode, "produce") == 0 || strcmp(mode, "publish") == 0) &&
+      argc == 5) {
+    ms_tensor_t *t =
+        produce(shm, strtoull(argv[3], NULL, 10), (unsigned)atoi(argv[4]));
+    if (strcmp(mode, "publish") == 0)
+      for (;;)
+        pause();
+    wait_stdin_eof();
+    ms_tensor_release(t);
+  } else if (strcmp(mode, "consume") == 0 && argc == 6) {
+    char desc[MS_DESCRIPTOR_MAX + 2];
+    if (strcmp(argv[3], "-") == 0) {
+      printf("ready\n");
+      fflush(stdout);
+      if (fgets(desc, sizeof(desc), stdin) == NULL)
+        return 64;
+      desc[strcspn(desc, "\n")] = '\0';
+    } else {
+      snprintf(desc, sizeof(desc), "%s", argv[3]);
+    }
+    ms_tensor_t *t = NULL;
+    check(ms_tensor_open(shm, desc, 0, &t), shm, "open");
+    size_t bytes = strtoull(argv[4], NULL, 10);
+    unsigned seed = (unsigned)atoi(argv[5]);
+    const unsigned char *p = ms_tensor_data(t);
+    int wrong =
+        ms_tensor_nbytes(t) != bytes || ms_tensor_dtype(t) != MS_DTYPE_UINT8;
+    for (size_t i = 0; !wrong && i < bytes; i++)
+      wrong = p[i] != pattern(i, seed);
+    ms_tensor_release(t);
+    if (wrong) {
+      ms_shm_destroy(shm);
+      return 2;
+    }
+  } else if (strcmp(mode, "hold") == 0 && argc == 4) {
+    ms_tensor_t *t = NULL;
+    check(ms_tensor_open(shm, argv[3], 0, &t), shm, "open");
+    printf("held\n");
+    fflush(stdout);
+    for (;;)
+      pause();
+  } else if (strcmp(mode, "write-ro") == 0 && argc == 4) {
+    ms_tensor_t *t = NULL;
+    check(ms_tensor_open(shm, argv[3], 0, &t), shm, "open");
+    volatile unsigned char *p = ms_tensor_data(t);
+    p[0] = (unsigned char)(p[0] + 1); /* must fault: mapped read-only */
+    return 3;
+  } else if (strcmp(mode, "dlpack") == 0 && argc == 3) {
+    int64_t shape[2] = {4, 256};
+    ms_tensor_t *t = NULL;
+    check(ms_tensor_alloc(shm, MS_DTYPE_FLOAT32, 2, shape, NULL, &t), shm,
+          "alloc");
+    float *f = ms_tensor_data(t);
+    for (int i = 0; i < 4 * 256; i++)
+      f[i] = (float)i / 2;
+    char desc[MS_DESCRIPTOR_MAX], line[64];
+    check(ms_tensor_descriptor(t, desc, sizeof(desc)), shm, "descriptor");
+    printf("%s\n", desc);
+    fflush(stdout);
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+      f[0] += 1000.0f;
+      printf("bumped\n");
+      fflush(stdout);
+    }
+    ms_tensor_release(t);
+  } else {
+    return 64;
+  }
+  return ms_shm_destroy(shm) == 0 ? 0 : 9;
+}
