@@ -87,6 +87,18 @@ static void map_drop(ms_shm_t *shm, ms__map *m) {
   free(m);
 }
 
+/* Cached mappings of regions that died since (their creator unlinked them)
+ * would pin the memory: drop them.  Lock held. */
+static void cache_prune(ms_shm_t *shm) {
+  ms__map *m = shm->lru_head;
+  while (m != NULL) {
+    ms__map *next = m->lru_next;
+    if (MS__LIFE_STATE(atomic_load(&m->hdr->life)) != MS__LIVE)
+      map_drop(shm, m);
+    m = next;
+  }
+}
+
 static void map_kill(ms_shm_t *shm, ms__map *m) {
   if (ms__life_kill(m->hdr))
     (void)ms__region_unlink(shm->ns, m->name);
@@ -586,6 +598,7 @@ void ms__shm_put(ms_shm_t *shm, ms__map *m) {
         shm->lru_head = m;
         if (++shm->lru_len > shm->open_cache)
           map_drop(shm, shm->lru_tail);
+        cache_prune(shm);
       }
     }
   }
