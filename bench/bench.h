@@ -1,0 +1,47 @@
+/* modelshare-bench: shared declarations of the scenario files. */
+#ifndef MSB_BENCH_H
+#define MSB_BENCH_H
+
+#include <modelshare.h>
+
+#include <cjson/cJSON.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MSB_MAX_SIZES 8
+
+typedef struct msb_opts {
+  int quick;
+  int instances;                   /* registry: model instances */
+  int reps;                        /* scenario repetitions (medians) */
+  size_t sizes_mib[MSB_MAX_SIZES]; /* shm sizes */
+  int nsizes;
+  size_t vision_mib; /* vision frame size */
+  int vision_frames;
+  const char *self; /* argv[0], to start consumer processes */
+} msb_opts;
+
+/* Where a target stands: printed beside each figure. */
+const char *msb_pass(int ok);
+/* Sorts v and returns its median. */
+double msb_median(double *v, int n);
+/* Reads every byte of p (8 at a time); the sum defeats dead-code removal. */
+uint64_t msb_read_all(const void *p, size_t n);
+/* Resident set size of this process. */
+size_t msb_rss(void);
+void msb_progress(const char *fmt, ...);
+
+/* Scenarios: each prints its table to stdout and adds its JSON object. */
+void msb_micro_register(void);
+void msb_micro_done(void);
+int msb_registry(const msb_opts *o, cJSON *root);
+int msb_dedup(const msb_opts *o, cJSON *root);
+int msb_shm(const msb_opts *o, cJSON *root);
+int msb_vision(const msb_opts *o, cJSON *root);
+
+/* The consumer process of the shm and vision scenarios. */
+int msb_consumer_main(void);
+
+#endif

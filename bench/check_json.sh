@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs modelshare-bench --quick and checks that its JSON parses and holds
+# every key the bench promises (values are not judged: machines are noisy).
+set -euo pipefail
+out=$1
+"$BENCH" --quick --json "$out" >/dev/null
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+need = {
+    "machine": ["cpu", "cores", "kernel"],
+    "registry": ["model", "instances", "without", "with", "memory_reduction",
+                 "limit", "hit_ns_median", "mutex_pair_ns_median"],
+    "dedup": ["threads", "loads", "wall_ratio_vs_one_load"],
+    "vision": ["frame_bytes", "fps_shm", "fps_serialization", "speedup"],
+}
+for obj, keys in need.items():
+    for k in keys:
+        assert k in d[obj], f"{obj}.{k} missing"
+for k in ["rss_bytes", "load_s"]:
+    assert k in d["registry"]["without"], f"registry.without.{k} missing"
+for k in ["rss_bytes", "load_s", "hits", "misses", "hit_rate"]:
+    assert k in d["registry"]["with"], f"registry.with.{k} missing"
+assert len(d["shm"]) >= 1
+for e in d["shm"]:
+    for k in ["size_bytes", "floor_gibs", "heap_read_gibs", "shm_read_gibs",
+              "shm_read_cached_gibs", "handoff_us_median", "cycle_fresh_gibs",
+              "cycle_pooled_gibs", "pipe_serialization_gibs",
+              "python_mp_shm_gibs"]:
+        assert k in e, f"shm[].{k} missing"
+assert d["dedup"]["loads"] == 1, "64 threads must load once"
+print("bench JSON: ok")
+PY
