@@ -5,6 +5,7 @@
  */
 #include "bench.h"
 #include "gbench_shim.h"
+#include "rss.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -63,16 +64,7 @@ uint64_t msb_read_all(const void *p, size_t n) {
   return a + b + c + d;
 }
 
-size_t msb_rss(void) {
-  long pages = 0, resident = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f == NULL)
-    return 0;
-  if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
-    resident = 0;
-  fclose(f);
-  return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
+size_t msb_rss(void) { return ms_example_rss_bytes(); }
 
 void msb_progress(const char *fmt, ...) {
   va_list ap;

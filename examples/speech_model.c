@@ -1,6 +1,7 @@
 /* pocketsphinx wrapped as a libmodelshare loader.  See speech_model.h. */
 #define _DEFAULT_SOURCE
 #include "speech_model.h"
+#include "rss.h"
 
 #include <cjson/cJSON.h>
 #include <pocketsphinx.h>
@@ -147,13 +148,4 @@ int speech_synthesize(const char *text, int16_t **pcm, size_t *samples) {
   return 0;
 }
 
-size_t speech_rss_bytes(void) {
-  long pages = 0, resident = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f == NULL)
-    return 0;
-  if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
-    resident = 0;
-  fclose(f);
-  return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
+size_t speech_rss_bytes(void) { return ms_example_rss_bytes(); }
