@@ -130,7 +130,7 @@ typedef struct ms_key ms_key_t;
 /** Longest accepted model path, in bytes, excluding the terminator. */
 #define MS_PATH_MAX 4095
 /** Longest accepted config JSON text, in bytes. */
-#define MS_CONFIG_MAX (1024 * 1024)
+#define MS_CONFIG_MAX 1048576
 
 /**
  * Builds a key from a model path and optional config JSON.

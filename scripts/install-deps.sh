@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
   libuv1-dev libcjson-dev libcmocka-dev libbenchmark-dev libdlpack-dev
-  clang libclang-rt-14-dev valgrind
+  clang libclang-rt-14-dev libfuzzer-14-dev valgrind
+  abigail-tools cppcheck clang-tidy
   pocketsphinx-en-us libpocketsphinx-dev espeak-ng sox
   python3 python3-numpy
 )

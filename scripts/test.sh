@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Builds everything and runs every test: a normal build, an ASan+UBSan build
-# of all suites, and a ThreadSanitizer build of the multi-threaded ones.
+# Builds everything and runs every test:
+#   - a release build and all its suites (with the ABI guard and the
+#     install check), then clang-tidy and cppcheck over src/;
+#   - an ASan+UBSan build of all suites (LeakSanitizer included);
+#   - a ThreadSanitizer build of the multi-threaded suites;
+#   - every libFuzzer target for MS_FUZZ_SECONDS seconds each (default 60).
 # Exits non-zero on any failure.  Build trees go to build/<variant>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 jobs=$(nproc 2>/dev/null || echo 2)
+passed=0
 variant() { # name, ctest arguments..., -- cmake arguments...
   local name=$1; shift
   local ctest_args=()
@@ -17,10 +22,17 @@ variant() { # name, ctest arguments..., -- cmake arguments...
   cmake --build "build/$name" -j "$jobs"
   echo "=== $name tests"
   ctest --test-dir "build/$name" --output-on-failure --no-tests=error \
-    -j "$jobs" "${ctest_args[@]}"
+    -j "$jobs" "${ctest_args[@]}" | tee "build/$name/ctest.log"
+  local n
+  n=$(sed -n 's/.*tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' \
+    "build/$name/ctest.log")
+  passed=$((passed + ${n:-0}))
 }
 
 variant release --
+echo "=== static analysis"
+bash scripts/lint.sh build/release
+passed=$((passed + 1))
 # Sanitizers: every suite except the install check and the Python test
 # (both load the instrumented library into uninstrumented programs).
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
@@ -30,4 +42,8 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   variant tsan -L 'registry|shm' -LE python -- -DMS_SANITIZE=thread \
   -DMS_BUILD_EXAMPLES=OFF
+echo "=== fuzzing (${MS_FUZZ_SECONDS:-60} s per target)"
+bash scripts/fuzz.sh
+passed=$((passed + 4))
 echo "=== all test variants passed"
+echo "test.sh: $passed passed, 0 failed"

@@ -50,6 +50,7 @@ static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
   size_t n = 0;
   for (cJSON *c = node->child; c != NULL; c = c->next)
     n++;
+  // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
   cJSON **v = malloc(n * sizeof(*v));
   if (v == NULL) {
     (void)snprintf(errbuf, errlen, "out of memory sorting config keys");
@@ -58,6 +59,7 @@ static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
   size_t i = 0;
   for (cJSON *c = node->child; c != NULL; c = c->next)
     v[i++] = c;
+  // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
   qsort(v, n, sizeof(*v), name_cmp);
 
   int rc = 0;

@@ -32,6 +32,7 @@ static ms_model_t *table_find(ms_registry_t *reg, const ms_key_t *key) {
  * table correct, only with longer chains. */
 static void table_grow(ms_registry_t *reg) {
   size_t n = reg->nbuckets * 2;
+  // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
   ms_model_t **nb = calloc(n, sizeof(*nb));
   if (nb == NULL)
     return;
@@ -194,6 +195,7 @@ int ms_registry_create(const ms_registry_options_t *options,
   ms_registry_t *reg = calloc(1, sizeof(*reg));
   if (reg == NULL)
     return MS_ENOMEM;
+  // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
   reg->buckets = calloc(INITIAL_BUCKETS, sizeof(*reg->buckets));
   if (reg->buckets == NULL) {
     free(reg);

@@ -379,7 +379,8 @@ int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
   pool_refresh(shm);
   session *s = session_get(shm, label, 1);
   if (s == NULL) {
-    rc = ms__errmsg_set(shm, MS_ENOMEM, "out of memory");
+    rc = MS_ENOMEM;
+    (void)ms__errmsg_set(shm, rc, "out of memory");
   } else if (shm->max_bytes != 0 &&
              (bytes > shm->max_bytes ||
               shm->bytes_allocated > shm->max_bytes - bytes)) {

@@ -119,18 +119,25 @@ int ms__shape_bytes(ms_dtype_t dtype, int ndim, const int64_t *shape,
   if (item == 0 || ndim < 0 || ndim > MS_MAX_NDIM ||
       (ndim > 0 && shape == NULL))
     return MS_EINVAL;
+  /* The product of the non-zero dimensions is bounded even when another
+   * dimension is 0: it sizes the strides, which must fit in int64_t. */
   uint64_t total = item;
+  int empty = 0;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0)
       return MS_EINVAL;
     uint64_t d = (uint64_t)shape[i];
-    if (d != 0 && total > (UINT64_MAX >> 1) / d)
+    if (d == 0) {
+      empty = 1;
+      continue;
+    }
+    if (total > (uint64_t)INT64_MAX / d)
       return MS_ERANGE;
     total *= d;
   }
   if (total > SIZE_MAX / 2)
     return MS_ERANGE;
-  *bytes = (size_t)total;
+  *bytes = empty ? 0 : (size_t)total;
   return 0;
 }
 
@@ -328,8 +335,7 @@ int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
   }
   atomic_init(&t->refs, 1);
   t->heap = raw;
-  t->data =
-      (void *)(((uintptr_t)raw + MS__ALIGN) & ~(uintptr_t)(MS__ALIGN - 1));
+  t->data = (char *)raw + (MS__ALIGN - (uintptr_t)raw % MS__ALIGN);
   t->dtype = dtype;
   t->ndim = ndim;
   for (int i = 0; i < ndim; i++)

@@ -13,6 +13,13 @@
  *   shm_helper write-ro DIR DESC           open read-only, write (faults)
  *   shm_helper dlpack   DIR                float32 [4,256] = i/2; on each
  *                                          stdin line "bump", data[0] += 1000
+ *   shm_helper storm-produce DIR SEED      forever: allocate 64 KiB..2 MiB,
+ *                                          fill, print "seq bytes desc",
+ *                                          hold a few, release the oldest
+ *   shm_helper storm-consume DIR           for each line: open, verify every
+ *                                          byte, hold a while; one byte on
+ *                                          stdout per verified frame; exit 2
+ *                                          on torn data
  *
  * DIR "-" means the default namespace.  Exit status: 0 ok, 2 wrong data,
  * 10 + (-error code) when a library call fails.
@@ -143,6 +150,56 @@ int main(int argc, char **argv) {
       fflush(stdout);
     }
     ms_tensor_release(t);
+  } else if (strcmp(mode, "storm-produce") == 0 && argc == 4) {
+    unsigned seed = (unsigned)atoi(argv[3]), r = seed * 2654435761u + 1;
+    ms_tensor_t *held[4] = {0};
+    setvbuf(stdout, NULL, _IOLBF, 0); /* one write() per line: atomic */
+    for (unsigned long seq = (unsigned long)seed << 32;; seq++) {
+      r = r * 1103515245u + 12345u;
+      size_t bytes = (size_t)(64u << 10) + (r >> 8) % (2u << 20);
+      int64_t shape[1] = {(int64_t)bytes};
+      ms_tensor_t *t = NULL;
+      if (ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &t) != 0)
+        continue;
+      unsigned char *p = ms_tensor_data(t);
+      for (size_t i = 0; i < bytes; i++)
+        p[i] = pattern(i, (unsigned)seq);
+      char desc[MS_DESCRIPTOR_MAX];
+      (void)ms_tensor_descriptor(t, desc, sizeof(desc));
+      printf("%lu %zu %s\n", seq, bytes, desc); /* only once complete */
+      ms_tensor_release(held[seq % 4]);
+      held[seq % 4] = t;
+    }
+  } else if (strcmp(mode, "storm-consume") == 0 && argc == 3) {
+    char line[256];
+    ms_tensor_t *held = NULL;
+    unsigned n = 0;
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+      unsigned long seq = 0;
+      size_t bytes = 0;
+      char desc[MS_DESCRIPTOR_MAX];
+      if (sscanf(line, "%lu %zu %95s", &seq, &bytes, desc) != 3)
+        continue; /* a line cut by a killed producer */
+      ms_tensor_t *t = NULL;
+      if (ms_tensor_open(shm, desc, 0, &t) != 0)
+        continue; /* released or swept meanwhile: not ours to read */
+      const unsigned char *p = ms_tensor_data(t);
+      if (ms_tensor_nbytes(t) != bytes)
+        return 2;
+      for (size_t i = 0; i < bytes; i++)
+        if (p[i] != pattern(i, (unsigned)seq)) {
+          fprintf(stderr, "storm-consume: torn frame %lu at byte %zu\n", seq,
+                  i);
+          return 2;
+        }
+      if (write(1, "+", 1) != 1)
+        return 3;
+      ms_tensor_release(held); /* hold one frame across the next */
+      held = ++n % 3 ? t : NULL;
+      if (held == NULL)
+        ms_tensor_release(t);
+    }
+    ms_tensor_release(held);
   } else {
     return 64;
   }

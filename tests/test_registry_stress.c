@@ -166,11 +166,147 @@ static void test_stress_short_ttl(void **state) {
   run_stress(1);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Faulty loaders: each key's loader misbehaves in its own way.             */
+/* ------------------------------------------------------------------------ */
+
+enum { FAULT_KEYS = 5, FAULT_THREADS = 6 };
+
+typedef struct faulty {
+  tl t;     /* counts calls and live models */
+  int mode; /* 0 ok, 1 fails, 2 hangs past timeouts, 3 absurd size,
+               4 over the budget on its own */
+  atomic_int calls;
+} faulty;
+
+static faulty faults[FAULT_KEYS];
+static ms_key_t *fault_keys[FAULT_KEYS];
+
+static int faulty_load(void *user, const char *path, const char *config,
+                       void **model, size_t *bytes) {
+  faulty *f = user;
+  atomic_fetch_add(&f->calls, 1);
+  switch (f->mode) {
+  case 1:
+    return MS_EIO;
+  case 2:
+    uv_sleep(30); /* every waiter below gives up after 5 ms */
+    break;
+  default:
+    break;
+  }
+  int rc = tl_load(&f->t, path, config, model, bytes);
+  if (rc == 0 && f->mode == 3)
+    *bytes = SIZE_MAX;
+  if (rc == 0 && f->mode == 4)
+    *bytes = 1u << 30; /* more than the whole budget */
+  return rc;
+}
+
+static void faulty_unload(void *user, void *model) {
+  faulty *f = user;
+  tl_unload(&f->t, model);
+}
+
+typedef struct fault_worker {
+  ms_registry_t *reg;
+  unsigned seed;
+  atomic_int *unexpected;
+  uv_thread_t th;
+} fault_worker;
+
+static void fault_work(void *arg) {
+  fault_worker *fw = arg;
+  static const int allowed[FAULT_KEYS][3] = {
+      {0, 0, 0},            /* ok */
+      {MS_EIO, 0, 0},       /* fails */
+      {0, MS_ETIMEDOUT, 0}, /* hangs */
+      {MS_ERANGE, 0, 0},    /* absurd size */
+      {MS_ENOMEM, 0, 0}};   /* over the budget */
+  for (int i = 0; i < 300; i++) {
+    int k = (int)(rnd(&fw->seed) % FAULT_KEYS);
+    ms_loader_t l = MS_LOADER_INIT;
+    l.load = faulty_load;
+    l.unload = faulty_unload;
+    l.user = &faults[k];
+    ms_model_t *m = NULL;
+    int rc = ms_registry_acquire_key(fw->reg, fault_keys[k], &l, 5, &m);
+    if (rc != allowed[k][0] && rc != allowed[k][1] && rc != allowed[k][2])
+      atomic_fetch_add(fw->unexpected, 1);
+    ms_model_release(m);
+  }
+}
+
+static void test_faulty_loaders(void **state) {
+  (void)state;
+  ms_registry_options_t o = MS_REGISTRY_OPTIONS_INIT;
+  o.max_bytes = 1u << 20;
+  ms_registry_t *reg = NULL;
+  assert_int_equal(ms_registry_create(&o, &reg), 0);
+  char path[32];
+  memset(faults, 0, sizeof(faults));
+  for (int k = 0; k < FAULT_KEYS; k++) {
+    (void)snprintf(path, sizeof(path), "/faulty/%d", k);
+    fault_keys[k] = make_key(path, NULL);
+    faults[k].mode = k;
+    faults[k].t.bytes = 1000;
+  }
+  atomic_int unexpected = 0;
+  fault_worker fws[FAULT_THREADS];
+  for (int i = 0; i < FAULT_THREADS; i++) {
+    fws[i] = (fault_worker){reg, 77u * (unsigned)(i + 1), &unexpected, 0};
+    assert_int_equal(uv_thread_create(&fws[i].th, fault_work, &fws[i]), 0);
+  }
+  for (int i = 0; i < FAULT_THREADS; i++)
+    uv_thread_join(&fws[i].th);
+  assert_int_equal(atomic_load(&unexpected), 0);
+
+  /* Nothing is stuck in LOADING: with a sane loader and a patient caller,
+   * every key loads (or is already cached) now. */
+  for (int k = 0; k < FAULT_KEYS; k++) {
+    faults[k].mode = 0;
+    ms_loader_t l = MS_LOADER_INIT;
+    l.load = faulty_load;
+    l.unload = faulty_unload;
+    l.user = &faults[k];
+    ms_model_t *m = NULL;
+    assert_int_equal(
+        ms_registry_acquire_key(reg, fault_keys[k], &l, MS_WAIT_FOREVER, &m),
+        0);
+    ms_model_release(m);
+  }
+  /* The counters add up. */
+  ms_registry_stats_t s = MS_REGISTRY_STATS_INIT;
+  assert_int_equal(ms_registry_stats(reg, &s), 0);
+  uint64_t calls = 0;
+  for (int k = 0; k < FAULT_KEYS; k++)
+    calls += (uint64_t)atomic_load(&faults[k].calls);
+  assert_int_equal(s.misses, calls);
+  assert_int_equal(s.loads + s.load_failures, calls);
+  assert_int_equal(s.loads - s.evictions, s.models_resident);
+  assert_int_equal(s.models_resident, FAULT_KEYS);
+  assert_int_equal(s.bytes_resident, 1000 * FAULT_KEYS);
+  assert_int_equal(s.models_held, 0);
+  assert_true(s.timeouts >
+              0); /* the hanging loader did make waiters time out */
+  assert_true(s.load_failures > 0);
+  assert_int_equal(ms_registry_destroy(reg), 0);
+  for (int k = 0; k < FAULT_KEYS; k++) {
+    assert_int_equal(atomic_load(&faults[k].t.live), 0); /* unloaded once */
+    ms_key_destroy(fault_keys[k]);
+  }
+  print_message("faulty loaders: %llu loader calls, %llu failures, %llu "
+                "timeouts, %llu hits\n",
+                (unsigned long long)calls, (unsigned long long)s.load_failures,
+                (unsigned long long)s.timeouts, (unsigned long long)s.hits);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stress_cached),
       cmocka_unit_test(test_stress_ttl0),
       cmocka_unit_test(test_stress_short_ttl),
+      cmocka_unit_test(test_faulty_loaders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -222,6 +222,9 @@ static void test_hostile_streams(void **state) {
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,"
                    "4294967296],\"data_offsets\":[0,8]}"),
              8, "overflows");
+  expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[0,4294967296,4294967296],"
+                   "\"data_offsets\":[0,0]}"),
+             0, "overflows"); /* empty, yet its strides would overflow */
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,16]}"),
              8, "do not match");
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"),

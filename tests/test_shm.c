@@ -386,6 +386,13 @@ static void shape_overflow(ms__hdr *h, size_t *n) {
     h->shape[i] = INT64_C(1) << 40;
 }
 static void negative_dim(ms__hdr *h, size_t *n) { (void)n, h->shape[0] = -64; }
+static void zero_dim_huge_others(ms__hdr *h, size_t *n) {
+  (void)n; /* found by fuzz_region_header: 0 bytes, strides overflow */
+  h->ndim = 3;
+  h->shape[0] = 0;
+  h->shape[1] = h->shape[2] = INT64_C(1) << 62;
+  h->data_bytes = 0;
+}
 static void bytes_mismatch(ms__hdr *h, size_t *n) {
   (void)n, h->data_bytes = 8;
 }
@@ -416,10 +423,12 @@ static void empty_file(ms__hdr *h, size_t *n) { (void)h, *n = 0; }
 static void test_hostile_headers(void **state) {
   (void)state;
   void (*forges[])(ms__hdr *, size_t *) = {
-      bad_magic,        bad_version,      huge_ndim,           shape_overflow,
-      negative_dim,     bytes_mismatch,   bytes_past_end,      offset_past_end,
-      offset_unaligned, offset_in_header, bad_strides,         bad_dtype,
-      small_header,     truncated,        truncated_in_header, empty_file};
+      bad_magic,           bad_version,      huge_ndim,
+      shape_overflow,      negative_dim,     zero_dim_huge_others,
+      bytes_mismatch,      bytes_past_end,   offset_past_end,
+      offset_unaligned,    offset_in_header, bad_strides,
+      bad_dtype,           small_header,     truncated,
+      truncated_in_header, empty_file};
   for (size_t i = 0; i < sizeof(forges) / sizeof(forges[0]); i++)
     expect_hostile(forges[i]);
 }
