@@ -516,6 +516,21 @@ MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
  * token stays alive while the child lives.
  *
  * Thread safety: every function may be called from any thread.
+ *
+ * On Windows, the same guarantees map onto the system as follows:
+ *   - Regions are page-file-backed named file mappings in the session's
+ *     Local\ namespace, committed at creation (over the commit limit:
+ *     MS_ENOSPC at allocation), with a DACL granting the current user only.
+ *   - The real size comes from VirtualQuery (whole pages).  Read-only data
+ *     is made so with VirtualProtect: views must start on 64 KiB bounds, so
+ *     the data cannot have a read-only view of its own.
+ *   - There is no unlink: a mapping dies with its last handle.  What POSIX
+ *     unlinks, Windows marks dead in the header, so it cannot be reopened.
+ *   - Liveness tokens are named events, which vanish with their process
+ *     however it ends (TerminateProcess included).
+ *   - Named objects cannot be listed, so ms_shm_sweep() releases dead
+ *     holders of the regions its allocator created or opened, and the
+ *     `dir` option is MS_ENOTSUP.
  */
 typedef struct ms_shm ms_shm_t;
 

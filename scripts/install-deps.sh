@@ -10,6 +10,7 @@ pkgs=(
   abigail-tools cppcheck clang-tidy
   pocketsphinx-en-us libpocketsphinx-dev espeak-ng sox
   python3 python3-numpy
+  gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 wine64 dpkg-dev
 )
 
 missing=()

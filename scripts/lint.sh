@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 build=${1:-build/release}
 status=0
 echo "=== clang-tidy"
-clang-tidy --quiet -p "$build" src/*.c 2>/dev/null || status=1
+# The files this host compiles (the Win32 backend needs <windows.h>; MinGW
+# builds it with -Wall -Wextra -Werror, and cppcheck below reads it too).
+files=$(ls src/*.c | grep -v '_win32\.c$')
+# shellcheck disable=SC2086
+clang-tidy --quiet -p "$build" $files 2>/dev/null || status=1
 echo "=== cppcheck"
 cppcheck --quiet --error-exitcode=1 --inline-suppr \
   --enable=warning,performance,portability \

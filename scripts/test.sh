@@ -4,6 +4,8 @@
 #     install check), then clang-tidy and cppcheck over src/;
 #   - an ASan+UBSan build of all suites (LeakSanitizer included);
 #   - a ThreadSanitizer build of the multi-threaded suites;
+#   - the Win32 build (MinGW-w64, dependencies from Debian sources) and its
+#     suites under Wine;
 #   - every libFuzzer target for MS_FUZZ_SECONDS seconds each (default 60).
 # Exits non-zero on any failure.  Build trees go to build/<variant>.
 set -euo pipefail
@@ -42,6 +44,9 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   variant tsan -L 'registry|shm' -LE python -- -DMS_SANITIZE=thread \
   -DMS_BUILD_EXAMPLES=OFF
+bash scripts/win32.sh
+n=$(sed -n 's/.*tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' build/win32/ctest.log)
+passed=$((passed + ${n:-0}))
 echo "=== fuzzing (${MS_FUZZ_SECONDS:-60} s per target)"
 bash scripts/fuzz.sh
 passed=$((passed + 4))

@@ -697,6 +697,23 @@ int ms_shm_sweep(ms_shm_t *shm, size_t *reclaimed) {
   c.shm = shm;
   uv_mutex_lock(&shm->lock);
   int rc = ms__ns_list(shm->ns, shm->prefix, sweep_one, &c);
+  if (rc == MS_ENOTSUP) {
+    /* The namespace cannot be listed (Win32, where a region dies with its
+     * last handle anyway): release dead holders of the regions we know. */
+    size_t n = 0, k = 0;
+    for (size_t b = 0; b < NBUCKETS; b++)
+      for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+        n++;
+    /* Copies: sweep_one may drop mappings from the table. */
+    char(*names)[MS__NAME_MAX + 1] = malloc((n > 0 ? n : 1) * sizeof(*names));
+    for (size_t b = 0; names != NULL && b < NBUCKETS; b++)
+      for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+        memcpy(names[k++], m->name, sizeof(m->name));
+    for (size_t i = 0; i < k; i++)
+      (void)sweep_one(names[i], &c);
+    rc = names != NULL ? 0 : MS_ENOMEM;
+    free(names);
+  }
   pool_refresh(shm); /* our regions freed by dead holders */
   uv_mutex_unlock(&shm->lock);
   if (reclaimed != NULL)

@@ -164,6 +164,7 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
   }
   out->base = base;
   out->size = size;
+  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
   return 0;
 }
 
@@ -191,6 +192,7 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
     return err_of(e);
   out->base = base;
   out->size = size;
+  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
   return 0;
 }
 

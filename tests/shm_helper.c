@@ -31,6 +31,26 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef _WIN32
+#include <windows.h>
+static void hang(void) {
+  for (;;)
+    Sleep(INFINITE);
+}
+/* An access violation ends the process with its status code, without
+ * starting a debugger (Wine's winedbg, Windows Error Reporting). */
+static LONG WINAPI exit_on_fault(EXCEPTION_POINTERS *e) {
+  ExitProcess((UINT)e->ExceptionRecord->ExceptionCode);
+}
+static void plain_crashes(void) { SetUnhandledExceptionFilter(exit_on_fault); }
+#else
+static void hang(void) {
+  for (;;)
+    pause();
+}
+static void plain_crashes(void) {}
+#endif
+
 static ms_shm_t *shm_open_dir(const char *dir) {
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
   o.dir = strcmp(dir, "-") == 0 ? NULL : dir;
@@ -90,8 +110,7 @@ int main(int argc, char **argv) {
     ms_tensor_t *t =
         produce(shm, strtoull(argv[3], NULL, 10), (unsigned)atoi(argv[4]));
     if (strcmp(mode, "publish") == 0)
-      for (;;)
-        pause();
+      hang();
     wait_stdin_eof();
     ms_tensor_release(t);
   } else if (strcmp(mode, "consume") == 0 && argc == 6) {
@@ -124,12 +143,12 @@ int main(int argc, char **argv) {
     check(ms_tensor_open(shm, argv[3], 0, &t), shm, "open");
     printf("held\n");
     fflush(stdout);
-    for (;;)
-      pause();
+    hang();
   } else if (strcmp(mode, "write-ro") == 0 && argc == 4) {
     ms_tensor_t *t = NULL;
     check(ms_tensor_open(shm, argv[3], 0, &t), shm, "open");
     volatile unsigned char *p = ms_tensor_data(t);
+    plain_crashes();
     p[0] = (unsigned char)(p[0] + 1); /* must fault: mapped read-only */
     return 3;
   } else if (strcmp(mode, "dlpack") == 0 && argc == 3) {
@@ -154,7 +173,7 @@ int main(int argc, char **argv) {
     unsigned seed = (unsigned)atoi(argv[3]), r = seed * 2654435761u + 1;
     ms_tensor_t *held[4] = {0};
     setvbuf(stdout, NULL, _IOLBF, 0); /* one write() per line: atomic */
-    for (unsigned long seq = (unsigned long)seed << 32;; seq++) {
+    for (unsigned long long seq = (unsigned long long)seed << 32;; seq++) {
       r = r * 1103515245u + 12345u;
       size_t bytes = (size_t)(64u << 10) + (r >> 8) % (2u << 20);
       int64_t shape[1] = {(int64_t)bytes};
@@ -166,7 +185,7 @@ int main(int argc, char **argv) {
         p[i] = pattern(i, (unsigned)seq);
       char desc[MS_DESCRIPTOR_MAX];
       (void)ms_tensor_descriptor(t, desc, sizeof(desc));
-      printf("%lu %zu %s\n", seq, bytes, desc); /* only once complete */
+      printf("%llu %zu %s\n", seq, bytes, desc); /* only once complete */
       ms_tensor_release(held[seq % 4]);
       held[seq % 4] = t;
     }
@@ -175,10 +194,10 @@ int main(int argc, char **argv) {
     ms_tensor_t *held = NULL;
     unsigned n = 0;
     while (fgets(line, sizeof(line), stdin) != NULL) {
-      unsigned long seq = 0;
+      unsigned long long seq = 0;
       size_t bytes = 0;
       char desc[MS_DESCRIPTOR_MAX];
-      if (sscanf(line, "%lu %zu %95s", &seq, &bytes, desc) != 3)
+      if (sscanf(line, "%llu %zu %95s", &seq, &bytes, desc) != 3)
         continue; /* a line cut by a killed producer */
       ms_tensor_t *t = NULL;
       if (ms_tensor_open(shm, desc, 0, &t) != 0)
@@ -188,7 +207,7 @@ int main(int argc, char **argv) {
         return 2;
       for (size_t i = 0; i < bytes; i++)
         if (p[i] != pattern(i, (unsigned)seq)) {
-          fprintf(stderr, "storm-consume: torn frame %lu at byte %zu\n", seq,
+          fprintf(stderr, "storm-consume: torn frame %llu at byte %zu\n", seq,
                   i);
           return 2;
         }

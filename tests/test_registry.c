@@ -705,7 +705,7 @@ static void test_stats_json_and_foreach(void **state) {
 static int never_called(void *user, const char *p, const char *c, void **m,
                         size_t *b) {
   (void)user, (void)p, (void)c, (void)m, (void)b;
-  fail_msg("loader must not run on bad input");
+  fail_msg("%s", "loader must not run on bad input");
   return 0;
 }
 

@@ -7,7 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__GNUC__)
+#if defined(__MINGW32__) /* with __USE_MINGW_ANSI_STDIO: C99 printf */
+#define MS__PRINTF(fmt, args) __attribute__((format(gnu_printf, fmt, args)))
+#define MS__LIKELY(x) __builtin_expect(!!(x), 1)
+#define MS__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#elif defined(__GNUC__)
 #define MS__PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #define MS__LIKELY(x) __builtin_expect(!!(x), 1)
 #define MS__UNLIKELY(x) __builtin_expect(!!(x), 0)

@@ -19,13 +19,15 @@ void ms__ns_close(ms__ns *ns);
 /* Free and total bytes of the backing store. */
 int ms__ns_space(const ms__ns *ns, uint64_t *free_bytes, uint64_t *total);
 /* Calls fn for every object whose name starts with prefix; stops when fn
- * returns non-zero.  MS_ENOTSUP where the namespace cannot be listed. */
+ * returns non-zero.  MS_ENOTSUP where the namespace cannot be listed
+ * (Win32): sweeps then cover only the regions the allocator knows. */
 int ms__ns_list(const ms__ns *ns, const char *prefix,
                 int (*fn)(const char *name, void *user), void *user);
 
 typedef struct ms__region {
   void *base;
   size_t size;
+  intptr_t handle; /* the platform's handle on the object, if it keeps one */
 } ms__region;
 
 /* Creates a new region (exclusive, owner-only), reserves its backing store
