@@ -13,7 +13,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
@@ -25,9 +24,6 @@
 
 /* Where Linux exposes shm_open()'s namespace, for listing and statvfs. */
 #define SHM_DIR "/dev/shm"
-/* A token file still empty after this long belongs to a creator that died
- * before it finished taking the lock. */
-#define TOKEN_SETUP_GRACE_S 60
 
 struct ms__ns {
   int dirfd; /* -1: shm_open()'s namespace */
@@ -217,20 +213,32 @@ int ms__region_unlink(const ms__ns *ns, const char *name) {
 }
 
 /*
- * Tokens.  The creator makes the object empty, takes an exclusive flock
- * and only then gives it one byte: an empty token is "being set up" (or
- * its creator died within that window; see TOKEN_SETUP_GRACE_S), so a
- * sweep never mistakes a token being created for a dead one.
+ * Tokens.  The creator makes the object (O_EXCL), takes an exclusive flock,
+ * gives it one byte, then checks that the name still leads to its own
+ * object.  Whoever can take the lock of a token (empty or not) knows that
+ * no process holds it, and may unlink it; a creator whose fresh token was
+ * unlinked that way sees it in the final check and starts over.
  */
+static int same_object(const ms__ns *ns, const char *name, int fd) {
+  struct stat a, b;
+  int fd2 = ns_open_fd(ns, name, O_RDONLY, 0);
+  int same = fd2 >= 0 && fstat(fd, &a) == 0 && fstat(fd2, &b) == 0 &&
+             a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  if (fd2 >= 0)
+    close(fd2);
+  return same;
+}
+
 int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
   int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0)
     return err_of(errno);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0) {
-    int rc = err_of(errno);
+  errno = 0;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0 ||
+      !same_object(ns, name, fd)) {
+    int rc = errno != 0 ? err_of(errno) : MS_EIO;
     close(fd);
-    (void)ns_unlink(ns, name);
-    return rc;
+    return rc == MS_ENOENT ? MS_EIO : rc; /* swept mid-setup: try again */
   }
   out->handle = fd;
   return 0;
@@ -246,13 +254,10 @@ int ms__token_alive(const ms__ns *ns, const char *name) {
   int fd = ns_open_fd(ns, name, O_RDWR, 0);
   if (fd < 0)
     return 0; /* no token: nobody alive holds it */
-  struct stat st;
-  int alive = 1;
-  if (fstat(fd, &st) == 0 && st.st_size == 0)
-    alive = time(NULL) - st.st_mtime < TOKEN_SETUP_GRACE_S;
-  else if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-    alive = 0; /* we got the lock: its holder is gone */
-  close(fd);   /* also drops our lock, if we took it */
+  int alive = flock(fd, LOCK_EX | LOCK_NB) != 0;
+  if (!alive) /* its holder is gone, or died before locking it */
+    (void)ns_unlink(ns, name);
+  close(fd); /* also drops our lock */
   return alive;
 }
 
