@@ -252,8 +252,8 @@ void ms__token_release(const ms__ns *ns, const char *name, ms__token *t) {
 
 int ms__token_alive(const ms__ns *ns, const char *name) {
   int fd = ns_open_fd(ns, name, O_RDWR, 0);
-  if (fd < 0)
-    return 0; /* no token: nobody alive holds it */
+  if (fd < 0) /* gone: nobody holds it; unreadable (another user's): */
+    return errno != ENOENT; /* not ours to judge, so alive */
   int alive = flock(fd, LOCK_EX | LOCK_NB) != 0;
   if (!alive) /* its holder is gone, or died before locking it */
     (void)ns_unlink(ns, name);
