@@ -123,6 +123,12 @@ static session *session_get(ms_shm_t *shm, const char *label, int create) {
   return s;
 }
 
+/* Would `bytes` more go over `cap` with `used` taken?  (cap 0: no limit;
+ * written so that nothing overflows.) */
+static int over_quota(uint64_t cap, uint64_t used, size_t bytes) {
+  return cap != 0 && (bytes > cap || used > cap - bytes);
+}
+
 static void uncharge(ms_shm_t *shm, ms__map *m) {
   if (m->charged == 0)
     return;
@@ -381,17 +387,13 @@ int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
   if (s == NULL) {
     rc = MS_ENOMEM;
     (void)ms__errmsg_set(shm, rc, "out of memory");
-  } else if (shm->max_bytes != 0 &&
-             (bytes > shm->max_bytes ||
-              shm->bytes_allocated > shm->max_bytes - bytes)) {
+  } else if (over_quota(shm->max_bytes, shm->bytes_allocated, bytes)) {
     rc = ms__errmsg_set(shm, MS_EQUOTA,
                         "%zu bytes over the allocator quota (%llu of %llu "
                         "in use)",
                         bytes, (unsigned long long)shm->bytes_allocated,
                         (unsigned long long)shm->max_bytes);
-  } else if (shm->max_session_bytes != 0 &&
-             (bytes > shm->max_session_bytes ||
-              s->bytes > shm->max_session_bytes - bytes)) {
+  } else if (over_quota(shm->max_session_bytes, s->bytes, bytes)) {
     rc = ms__errmsg_set(shm, MS_EQUOTA,
                         "%zu bytes over the quota of session \"%s\" (%llu of "
                         "%llu in use)",
