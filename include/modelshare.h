@@ -464,6 +464,12 @@ MS_EXPORT const int64_t *ms_tensor_shape(const ms_tensor_t *t);
 MS_EXPORT const int64_t *ms_tensor_strides(const ms_tensor_t *t);
 /** Size of the data in bytes (elements x element size).  0 for NULL. */
 MS_EXPORT size_t ms_tensor_nbytes(const ms_tensor_t *t);
+/** 1 if the caller may write t's data through ms_tensor_data(): a tensor
+ *  from ms_tensor_alloc() or ms_tensor_deserialize(), or one opened with
+ *  MS_OPEN_WRITE.  0 for read-only handles (writing through one faults) and
+ *  for NULL.  Read-only is per handle: another handle on the same region
+ *  opened writable does not make this one writable. */
+MS_EXPORT int ms_tensor_is_writable(const ms_tensor_t *t);
 
 /** Adds a reference to t (returns t).  Lock-free, thread-safe. */
 MS_EXPORT ms_tensor_t *ms_tensor_retain(ms_tensor_t *t);
@@ -553,10 +559,24 @@ typedef struct ms_shm_options {
   uint64_t pool_bytes;
   /** Mappings of other processes' regions kept for fast reopening. */
   uint32_t open_cache;
+  /** Reserved (was tail padding in 1.0): ignored, set it to 0. */
+  uint32_t reserved0;
+  /* ---- 1.1 ---- */
+  /** Most bytes of other processes' regions kept mapped by the open cache
+   *  while nobody here holds them; 0 = no byte bound (open_cache alone).
+   *  Default 1 GiB. */
+  uint64_t open_cache_bytes;
+  /** A second user id, besides the process's effective one, whose regions
+   *  ms_tensor_open() accepts; -1 (default) = none.  Ignored on Windows,
+   *  where the DACL decides. */
+  int64_t allowed_uid;
 } ms_shm_options_t;
 
 #define MS_SHM_OPTIONS_INIT                                                    \
-  { sizeof(ms_shm_options_t), NULL, NULL, 0, 0, 256u << 20, 64 }
+  {                                                                            \
+    sizeof(ms_shm_options_t), NULL, NULL, 0, 0, 256u << 20, 64, 0, 1ull << 30, \
+        -1                                                                     \
+  }
 
 /**
  * Creates an allocator, takes its liveness token and sweeps the namespace.

@@ -1,5 +1,6 @@
 /* The shared-memory allocator: pool of pre-faulted regions, cache of other
  * processes' mappings, quotas, liveness token, sweep, stats. */
+#include "internal/abi.h"
 #include "internal/shm.h"
 
 #include <cjson/cJSON.h>
@@ -191,10 +192,9 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
   if (out == NULL)
     return ms__errmsg_set(&shm_errobj, MS_EINVAL, "out is NULL");
   if (options != NULL) {
-    if (options->struct_size < sizeof(ms_shm_options_t))
+    if (ms__struct_in(&o, sizeof(o), options, MS__SHM_OPTIONS_V1) != 0)
       return ms__errmsg_set(&shm_errobj, MS_EINVAL,
-                            "options struct_size too small");
-    o = *options;
+                            "options struct_size below the 1.0 size");
   }
   const char *prefix = o.prefix != NULL ? o.prefix : "ms-";
   if (!prefix_valid(prefix))
@@ -421,6 +421,7 @@ int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
     /* Fills t from the header just written; cannot fail for a shape that
      * ms__shape_bytes accepted and a region of at least that size. */
     (void)ms__hdr_validate(m->hdr, m->region.size, t);
+    t->writable = 1;
     m->handles = 1;
     m->charged = bytes;
     memcpy(m->session, label, strlen(label) + 1);
@@ -532,6 +533,7 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
                           (unsigned long long)m->gen, (unsigned long long)gen);
   }
   t->gen = gen;
+  t->writable = writable || m->own;
 
   if (!m->own && m->writable != writable && m->handles == 0) {
     rc = ms__region_protect(&m->region, data_from, writable);

@@ -319,6 +319,10 @@ size_t ms_tensor_nbytes(const ms_tensor_t *t) {
   return t != NULL ? t->nbytes : 0;
 }
 
+int ms_tensor_is_writable(const ms_tensor_t *t) {
+  return t != NULL && t->writable;
+}
+
 int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
                         ms_tensor_t **out) {
   size_t bytes = 0;
@@ -334,6 +338,7 @@ int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
     return MS_ENOMEM;
   }
   atomic_init(&t->refs, 1);
+  t->writable = 1;
   t->heap = raw;
   t->data = (char *)raw + (MS__ALIGN - (uintptr_t)raw % MS__ALIGN);
   t->dtype = dtype;

@@ -100,7 +100,8 @@ struct ms_tensor {
   int64_t shape[MS_MAX_NDIM];
   int64_t strides[MS_MAX_NDIM];
   uint64_t gen;
-  void *heap; /* heap tensors: the allocation data points into */
+  int writable; /* this handle may write the data */
+  void *heap;   /* heap tensors: the allocation data points into */
 };
 
 /* Allocator side of a tensor's last release (shm_pool.c). */
