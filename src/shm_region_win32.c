@@ -168,8 +168,9 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
 }
 
 int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
-                    ms__region *out) {
-  (void)ns;
+                    int64_t allowed_uid, ms__region *out, const char **why) {
+  (void)ns, (void)allowed_uid; /* the object's DACL admits its user only */
+  *why = NULL;
   wchar_t wname[160];
   if (wide_name(name, "", wname, 160) != 0)
     return MS_EINVAL;
@@ -185,6 +186,7 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
   /* The real size of the mapping (rounded up to pages by the system). */
   MEMORY_BASIC_INFORMATION mbi;
   if (VirtualQuery(base, &mbi, sizeof(mbi)) == 0 || mbi.RegionSize < min_size) {
+    *why = "smaller than a region header";
     UnmapViewOfFile(base);
     CloseHandle(h);
     return MS_EBADREGION;
@@ -253,11 +255,18 @@ int ms__token_alive(const ms__ns *ns, const char *name) {
   if (wide_name(name, "", wname, 160) != 0)
     return 0;
   HANDLE h = OpenEventW(SYNCHRONIZE, FALSE, wname);
-  if (h == NULL)
-    return 0; /* its last handle closed: the holder is gone */
-  CloseHandle(h);
+  if (h == NULL) /* its last handle closed: the holder is gone; any other */
+    return GetLastError() != ERROR_FILE_NOT_FOUND; /* failure: not ours to */
+  CloseHandle(h);                                  /* judge, so alive */
   return 1;
 }
+
+void ms__token_forget(ms__token *t) {
+  CloseHandle((HANDLE)t->handle);
+  t->handle = -1;
+}
+
+unsigned ms__fork_epoch(void) { return 0; /* no fork() on Windows */ }
 
 int ms__random(void *buf, size_t len) {
   return BCryptGenRandom(NULL, buf, (ULONG)len,

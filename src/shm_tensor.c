@@ -1,90 +1,11 @@
-/* Shared-memory tensors: region names and descriptors, the region header
- * (layout, validation of untrusted fields), the cross-process holder
- * protocol, and the tensor accessors. */
+/* Shared-memory tensors: the region header (layout, validation of a private
+ * snapshot of untrusted fields), the cross-process holder protocol (its
+ * invariants are in internal/shm.h), and the tensor accessors. */
 #include "internal/shm.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------------ */
-/* Names and descriptors                                                     */
-/* ------------------------------------------------------------------------ */
-
-static int is_name_char(int c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '_' || c == '-';
-}
-
-static int is_hex(int c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-}
-
-static int parse_hex(const char *s, size_t n, uint64_t *out) {
-  uint64_t v = 0;
-  if (n == 0 || n > 16)
-    return MS_EINVAL;
-  for (size_t i = 0; i < n; i++) {
-    if (!is_hex(s[i]))
-      return MS_EINVAL;
-    v = v << 4 | (uint64_t)(s[i] <= '9' ? s[i] - '0' : s[i] - 'a' + 10);
-  }
-  *out = v;
-  return 0;
-}
-
-/* <prefix><16 hex>-<32 hex>, prefix 1..MS__PREFIX_MAX name chars. */
-int ms__name_valid(const char *name, size_t *prefix_len, uint64_t *creator) {
-  const size_t tail = 16 + 1 + 32;
-  size_t n = 0;
-  while (n <= MS__NAME_MAX && name[n] != '\0') {
-    if (!is_name_char((unsigned char)name[n]))
-      return MS_EINVAL;
-    n++;
-  }
-  if (n > MS__NAME_MAX || n < tail + 1 || n - tail > MS__PREFIX_MAX)
-    return MS_EINVAL;
-  const char *t = name + n - tail;
-  for (size_t i = 0; i < tail; i++)
-    if (i == 16 ? t[i] != '-' : !is_hex((unsigned char)t[i]))
-      return MS_EINVAL;
-  if (prefix_len != NULL)
-    *prefix_len = n - tail;
-  return creator != NULL ? parse_hex(t, 16, creator) : 0;
-}
-
-void ms__token_name(char *buf, size_t len, const char *prefix, uint64_t token) {
-  (void)snprintf(buf, len, "%s%016llx.lock", prefix, (unsigned long long)token);
-}
-
-int ms__descriptor_parse(const char *desc, char *name, uint64_t *gen) {
-  if (desc == NULL || strncmp(desc, "ms1:", 4) != 0)
-    return MS_EINVAL;
-  const char *n = desc + 4;
-  size_t nlen = 0; /* scan no further than the string or the longest name */
-  while (nlen <= MS__NAME_MAX && n[nlen] != '\0' && n[nlen] != ':')
-    nlen++;
-  if (nlen == 0 || nlen > MS__NAME_MAX || n[nlen] != ':')
-    return MS_EINVAL;
-  const char *colon = n + nlen;
-  memcpy(name, n, nlen);
-  name[nlen] = '\0';
-  if (ms__name_valid(name, NULL, NULL) != 0)
-    return MS_EINVAL;
-  const char *g = colon + 1;
-  size_t glen = 0;
-  while (glen <= 16 && g[glen] != '\0')
-    glen++;
-  return parse_hex(g, glen, gen);
-}
-
-int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len) {
-  if (t == NULL || buf == NULL || t->map == NULL)
-    return MS_EINVAL;
-  int n = snprintf(buf, len, "ms1:%s:%llx", t->map->name,
-                   (unsigned long long)t->gen);
-  return n > 0 && (size_t)n < len ? 0 : MS_ERANGE;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Shapes and headers                                                        */
@@ -150,17 +71,16 @@ static void contiguous_strides(int ndim, const int64_t *shape,
   }
 }
 
-void ms__hdr_init(ms__hdr *h, size_t header_size, size_t region_size,
-                  uint64_t creator, uint32_t flags, uint64_t gen) {
+void ms__hdr_init(ms__hdr *h, size_t header_size, uint64_t creator,
+                  uint32_t flags, uint64_t gen) {
   memset(h, 0, sizeof(*h));
   h->magic = MS__MAGIC;
   h->version = MS__LAYOUT_VERSION;
   h->header_size = (uint32_t)header_size;
-  h->region_size = region_size;
   h->creator_token = creator;
   h->flags = flags;
   h->data_offset = header_size;
-  atomic_store(&h->life, MS__LIFE(gen, MS__LIVE));
+  atomic_store(&h->life, MS__LIFE(gen, MS__CREATING));
 }
 
 void ms__hdr_set_tensor(ms__hdr *h, ms_dtype_t dtype, int ndim,
@@ -178,60 +98,70 @@ void ms__hdr_set_tensor(ms__hdr *h, ms_dtype_t dtype, int ndim,
 }
 
 int ms__hdr_plausible(const ms__hdr *h, size_t map_size) {
-  return map_size >= sizeof(ms__hdr) && h->magic == MS__MAGIC &&
-         h->version == MS__LAYOUT_VERSION;
+  if (map_size < sizeof(ms__hdr))
+    return 0;
+  uint64_t magic;
+  uint32_t version;
+  memcpy(&magic, &h->magic, sizeof(magic));
+  memcpy(&version, &h->version, sizeof(version));
+  return magic == MS__MAGIC && version == MS__LAYOUT_VERSION;
+}
+
+void ms__tensor_fill(ms_tensor_t *t, ms_dtype_t dtype, int ndim,
+                     const int64_t *shape, size_t bytes, void *data) {
+  t->dtype = dtype;
+  t->ndim = ndim;
+  for (int i = 0; i < ndim; i++)
+    t->shape[i] = shape[i];
+  contiguous_strides(ndim, t->shape, t->strides);
+  t->nbytes = bytes;
+  t->data = data;
 }
 
 /*
- * Every field is read once into a local (another process may rewrite the
- * header while we look), checked against the real mapping size, and only
- * the private copies are used afterwards.
+ * The plain fields are copied once into a private snapshot (another process
+ * may rewrite the header while we look, I6); only the snapshot is checked
+ * against the real mapping size and used afterwards.
  */
 int ms__hdr_validate(const ms__hdr *h, size_t map_size, ms_tensor_t *t) {
-  if (!ms__hdr_plausible(h, map_size))
+  if (map_size < sizeof(ms__hdr))
     return MS_EBADREGION;
-  const uint64_t header_size = h->header_size;
-  const uint64_t data_offset = h->data_offset;
-  const uint64_t data_bytes = h->data_bytes;
-  const uint32_t ndim = h->ndim;
+  /* Only the first MS__HDR_SNAPSHOT bytes are meaningful; `life` (an
+   * atomic another process may be changing) is not copied. */
+  ms__hdr s;
+  const size_t life_end = offsetof(ms__hdr, life) + sizeof(h->life);
+  memcpy(&s, (const void *)h, offsetof(ms__hdr, life));
+  memcpy((char *)&s + life_end, (const char *)h + life_end,
+         MS__HDR_SNAPSHOT - life_end);
   const ms_dtype_t dtype =
-      (ms_dtype_t)((uint32_t)h->dtype_code | (uint32_t)h->dtype_bits << 8 |
-                   (uint32_t)h->dtype_lanes << 16);
-  if (header_size < sizeof(ms__hdr) || header_size > map_size ||
-      data_offset < header_size || data_offset % MS__ALIGN != 0 ||
-      data_offset > map_size || data_bytes > map_size - data_offset ||
-      ndim > MS_MAX_NDIM || ms_dtype_size(dtype) == 0)
+      (ms_dtype_t)((uint32_t)s.dtype_code | (uint32_t)s.dtype_bits << 8 |
+                   (uint32_t)s.dtype_lanes << 16);
+  if (s.magic != MS__MAGIC || s.version != MS__LAYOUT_VERSION ||
+      s.header_size < sizeof(ms__hdr) || s.header_size > map_size ||
+      s.data_offset < s.header_size || s.data_offset % MS__ALIGN != 0 ||
+      s.data_offset > map_size || s.data_bytes > map_size - s.data_offset ||
+      s.ndim > MS_MAX_NDIM || ms_dtype_size(dtype) == 0)
     return MS_EBADREGION;
 
-  int64_t shape[MS_MAX_NDIM], strides[MS_MAX_NDIM], want[MS_MAX_NDIM];
-  for (uint32_t i = 0; i < ndim; i++) {
-    shape[i] = h->shape[i];
-    strides[i] = h->strides[i];
-  }
+  const int ndim = (int)s.ndim;
   size_t bytes = 0;
-  if (ms__shape_bytes(dtype, (int)ndim, shape, &bytes) != 0 ||
-      bytes != data_bytes)
+  if (ms__shape_bytes(dtype, ndim, s.shape, &bytes) != 0 ||
+      bytes != s.data_bytes)
     return MS_EBADREGION;
   /* Tensors are C-contiguous: any other stride could reach outside the
    * data, so only the exact contiguous strides are accepted. */
-  contiguous_strides((int)ndim, shape, want);
-  for (uint32_t i = 0; i < ndim; i++)
-    if (strides[i] != want[i])
+  int64_t want[MS_MAX_NDIM];
+  contiguous_strides(ndim, s.shape, want);
+  for (int i = 0; i < ndim; i++)
+    if (s.strides[i] != want[i])
       return MS_EBADREGION;
-
-  t->dtype = dtype;
-  t->ndim = (int)ndim;
-  memcpy(t->shape, shape, ndim * sizeof(int64_t));
-  memcpy(t->strides, strides, ndim * sizeof(int64_t));
-  t->nbytes = bytes;
-  t->data = (char *)h + data_offset;
+  ms__tensor_fill(t, dtype, ndim, s.shape, bytes, (char *)h + s.data_offset);
   return 0;
 }
 
 /* ------------------------------------------------------------------------ */
-/* Holder protocol.  All operations are sequentially consistent: an opener  */
-/* publishes its slot and then reads `life`; a reclaimer changes `life` and */
-/* then reads the slots again, so at least one of them sees the other.     */
+/* Holder protocol: the invariants I1-I8 and their argument are in          */
+/* internal/shm.h.  Every operation is sequentially consistent.             */
 /* ------------------------------------------------------------------------ */
 
 int ms__slot_claim(ms__hdr *h, uint64_t token) {
@@ -245,6 +175,8 @@ int ms__slot_claim(ms__hdr *h, uint64_t token) {
 }
 
 void ms__slot_clear(ms__hdr *h, int slot, uint64_t token) {
+  if (slot < 0 || slot >= MS__SLOTS)
+    return;
   uint64_t expected = token;
   (void)atomic_compare_exchange_strong(&h->slots[slot], &expected, 0);
 }
@@ -263,32 +195,31 @@ unsigned ms__slots_count(ms__hdr *h) {
   return n;
 }
 
-int ms__life_kill(ms__hdr *h) {
+int ms__life_free(ms__hdr *h) {
   uint64_t life = atomic_load(&h->life);
   if (MS__LIFE_STATE(life) != MS__LIVE || !ms__slots_empty(h, -1))
     return 0;
+  uint64_t freed = MS__LIFE(MS__LIFE_GEN(life), MS__FREE);
+  return atomic_compare_exchange_strong(&h->life, &life, freed);
+}
+
+int ms__life_kill(ms__hdr *h, int any_state) {
+  uint64_t life = atomic_load(&h->life);
+  unsigned st = MS__LIFE_STATE(life);
+  if (st == MS__DEAD || (st != MS__FREE && !any_state) ||
+      !ms__slots_empty(h, -1))
+    return 0;
   uint64_t dead = MS__LIFE(MS__LIFE_GEN(life), MS__DEAD);
-  if (!atomic_compare_exchange_strong(&h->life, &life, dead))
-    return 0;
-  if (!ms__slots_empty(h, -1)) {
-    /* An opener got in first and may have seen LIVE: back off. */
-    atomic_store(&h->life, life);
-    return 0;
-  }
-  return 1;
+  return atomic_compare_exchange_strong(&h->life, &life, dead);
 }
 
 int ms__life_recycle(ms__hdr *h, int slot, uint64_t *gen) {
   uint64_t life = atomic_load(&h->life);
-  if (MS__LIFE_STATE(life) != MS__LIVE || !ms__slots_empty(h, slot))
+  if (MS__LIFE_STATE(life) != MS__FREE || !ms__slots_empty(h, slot))
     return MS_EBUSY;
   uint64_t next = MS__LIFE(MS__LIFE_GEN(life) + 1, MS__LIVE);
   if (!atomic_compare_exchange_strong(&h->life, &life, next))
     return MS_EBUSY;
-  if (!ms__slots_empty(h, slot)) {
-    atomic_store(&h->life, life); /* an opener may hold the old one */
-    return MS_EBUSY;
-  }
   *gen = MS__LIFE_GEN(next);
   return 0;
 }
@@ -340,13 +271,8 @@ int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
   atomic_init(&t->refs, 1);
   t->writable = 1;
   t->heap = raw;
-  t->data = (char *)raw + (MS__ALIGN - (uintptr_t)raw % MS__ALIGN);
-  t->dtype = dtype;
-  t->ndim = ndim;
-  for (int i = 0; i < ndim; i++)
-    t->shape[i] = shape[i];
-  contiguous_strides(ndim, t->shape, t->strides);
-  t->nbytes = bytes;
+  ms__tensor_fill(t, dtype, ndim, shape, bytes,
+                  (char *)raw + (MS__ALIGN - (uintptr_t)raw % MS__ALIGN));
   *out = t;
   return 0;
 }

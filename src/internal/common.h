@@ -19,11 +19,6 @@
 #define MS__PRINTF(fmt, args)
 #define MS__LIKELY(x) (x)
 #define MS__UNLIKELY(x) (x)
-/* Prints root as compact JSON into memory the caller frees with ms_free().
- * Returns 0 or MS_ENOMEM (also when root is NULL). */
-struct cJSON;
-int ms__json_print(const struct cJSON *root, char **out);
-
 #endif
 
 /*
@@ -41,5 +36,13 @@ void ms__errmsg_clear(const void *obj);
  * Returns 0 or MS_ENOMEM (also when root is NULL). */
 struct cJSON;
 int ms__json_print(const struct cJSON *root, char **out);
+
+/* FNV-1a of a string: the one hash for buckets and keys. */
+static inline uint64_t ms__str_hash(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+  return h;
+}
 
 #endif

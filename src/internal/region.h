@@ -1,6 +1,6 @@
 /*
  * The platform layer: named shared-memory regions and liveness tokens.
- * One implementation per platform (shm_region_posix.c, shm_region_win32.c);
+ * One implementation per platform (shm_region_linux.c, shm_region_win32.c);
  * the portable tensor and pool code uses nothing else from the OS.
  *
  * Names are plain [A-Za-z0-9_.-] strings without separators; the caller
@@ -36,9 +36,14 @@ typedef struct ms__region {
 int ms__region_create(const ms__ns *ns, const char *name, size_t size,
                       ms__region *out);
 /* Maps an existing region read-write at its real size (fstat /
- * VirtualQuery).  A region smaller than min_size is MS_EBADREGION. */
+ * VirtualQuery), after checking the object before any byte of it is
+ * touched: a regular object of at least min_size bytes (else
+ * MS_EBADREGION), owned by the effective user or allowed_uid (-1: none)
+ * and not writable by group or others (else MS_EACCES), and fully backed,
+ * so that reading it cannot fault (else MS_EBADREGION).  *why gets a
+ * static text naming the failed check, or NULL. */
 int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
-                    ms__region *out);
+                    int64_t allowed_uid, ms__region *out, const char **why);
 /* Makes bytes [from, size) read-only, or read-write again.  from is a
  * multiple of the page size. */
 int ms__region_protect(ms__region *r, size_t from, int writable);
@@ -53,8 +58,16 @@ typedef struct ms__token {
 
 int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out);
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t);
+/* Closes this process's handle on a token it inherited across fork(),
+ * without removing the object: the parent still holds it. */
+void ms__token_forget(ms__token *t);
 /* 1 if a live process holds the token (or is creating it), 0 if not. */
 int ms__token_alive(const ms__ns *ns, const char *name);
+
+/* A counter that changes in a child process made by fork() (0 where there
+ * is no fork): objects record it to tell that they were inherited.  Cheap:
+ * one relaxed load.  Valid once ms__ns_open() has run. */
+unsigned ms__fork_epoch(void);
 
 int ms__random(void *buf, size_t len);
 size_t ms__page_size(void);

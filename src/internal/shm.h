@@ -1,5 +1,6 @@
 /* Shared-memory tensors: the region header layout, the cross-process
- * holder protocol, and the allocator's private structures. */
+ * holder protocol with its invariants, names, and the allocator's private
+ * structures shared by shm_pool.c, shm_open_cache.c and shm_sweep.c. */
 #ifndef MS_INTERNAL_SHM_H
 #define MS_INTERNAL_SHM_H
 
@@ -8,6 +9,11 @@
 #include <uv.h>
 
 #include <stdatomic.h>
+
+/* Cross-process atomics must be real instructions on the shared words: an
+ * implementation that fell back to libatomic's process-local lock table
+ * would silently break the protocol below. */
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 
 /* ------------------------------------------------------------------------ */
 /* Region header: the first bytes of every region, native byte order (the   */
@@ -21,8 +27,10 @@
 #define MS__POOLED 1u /* flags: the creator pools this region */
 
 /* life = generation << 8 | state */
-#define MS__LIVE 1u
-#define MS__DEAD 2u
+#define MS__CREATING 0u /* being initialised by its creator */
+#define MS__LIVE 1u     /* allocated: generation `gen` may be opened */
+#define MS__DEAD 2u     /* unlinked, or about to be: never reopened */
+#define MS__FREE 3u     /* released, in its creator's pool: not openable */
 #define MS__LIFE(gen, state) (((gen) << 8) | (state))
 #define MS__LIFE_GEN(l) ((l) >> 8)
 #define MS__LIFE_STATE(l) ((l)&0xffu)
@@ -32,14 +40,14 @@ typedef struct ms__hdr {
   uint32_t version;             /* 8 */
   uint32_t header_size;         /* 12: bytes reserved for the header */
   _Atomic uint64_t life;        /* 16 */
-  uint64_t region_size;         /* 24 */
-  uint64_t creator_token;       /* 32 */
+  uint64_t reserved1;           /* 24: unused (was region_size) */
+  uint64_t creator_token;       /* 32: informational, never trusted */
   uint32_t flags;               /* 40 */
   uint8_t dtype_code;           /* 44: DLPack DLDataType */
   uint8_t dtype_bits;           /* 45 */
   uint16_t dtype_lanes;         /* 46 */
   uint32_t ndim;                /* 48 */
-  uint32_t holders_hint;        /* 52: informational, never trusted */
+  uint32_t reserved2;           /* 52: unused (was holders_hint) */
   uint64_t data_offset;         /* 56 */
   uint64_t data_bytes;          /* 64 */
   int64_t shape[MS_MAX_NDIM];   /* 72 */
@@ -53,16 +61,94 @@ typedef struct ms__hdr {
 
 _Static_assert(sizeof(ms__hdr) == 1024, "region header layout changed");
 
+/* The plain (non-atomic) fields before `reserved`: what a consumer copies
+ * once into a private snapshot and validates. */
+#define MS__HDR_SNAPSHOT 328
+
+/*
+ * THE HOLDER PROTOCOL
+ *
+ * Actors: the creator (the allocator whose token is in the region name),
+ * holders (any process with a token in a slot), openers, and sweepers.
+ * Every access to `life` and `slots` is a sequentially consistent atomic
+ * operation, so all of them fall into one total order.
+ *
+ * Liveness.  A slot value is a 64-bit liveness token.  Its holder is alive
+ * iff a process holds the kernel object named ms__token_name(token) in the
+ * region's namespace (a flock()ed file; a named event on Win32).  The name
+ * is a function of the token alone, not of the observer's prefix or
+ * options, so every observer reaches the same verdict.  A token is never
+ * reported dead while its holder lives: an object that cannot be examined
+ * (EACCES, EMFILE...) counts as alive.
+ *
+ * Transitions of `life` (g = generation):
+ *   CREATING(1) -> LIVE(1)   creator, after claiming its own slot
+ *   LIVE(g)     -> FREE(g)   whoever clears the last slot (or a sweeper that
+ *                            cleared dead holders' slots and saw none left)
+ *   FREE(g)     -> LIVE(g+1) the creator recycling it (pool), holding a slot
+ *   FREE(g)     -> DEAD(g)   whoever then unlinks it (the creator trimming
+ *                            its pool, the last holder of an unpooled
+ *                            region, a sweeper when the creator is dead)
+ *   CREATING/LIVE -> DEAD    a sweeper, when the creator is dead and no live
+ *                            holder remains
+ *
+ * I1. An opener holds generation g only if it stored its token in a slot
+ *     and then read LIVE(g).  (It claims first, then reads.)
+ * I2. A tensor's bytes change only through a holder's writable mapping or
+ *     after LIVE(g) -> FREE(g) (a recycle writes only after FREE->LIVE(g+1)).
+ * I3. FREE->LIVE(g+1) and FREE->DEAD happen only after the actor read FREE
+ *     and then read every slot but its own empty.
+ *     Proof sketch that no holder loses its region: a holder H of g stored
+ *     its slot (Ws) before reading LIVE(g) (Rl, I1).  The LIVE->FREE
+ *     exchange (Cf) follows Rl in the total order, or H would have read
+ *     FREE.  The recycler/killer reads FREE (Rf) after Cf and the slots (Rs)
+ *     after Rf.  So Ws < Rl < Cf <= Rf < Rs: Rs sees H's slot unless H has
+ *     cleared it, i.e. no longer holds.  An opener that claims after Rs
+ *     reads FREE(g), DEAD or LIVE(g+1) and refuses (MS_ENOENT/MS_ESTALE).
+ * I4. LIVE->FREE needs no such re-check: an opener that slipped in between
+ *     the last clear and the exchange holds a FREE region, which I3 keeps
+ *     intact until it clears its slot.  So no state ever goes backwards and
+ *     nobody has to "back off" and leave a region stranded.
+ * I5. A descriptor of g opens only while life is LIVE(g): after the last
+ *     release it reads FREE(g) or DEAD (MS_ENOENT), after a recycle
+ *     LIVE(g+1) (MS_ESTALE).
+ * I6. Only the creator writes the header's plain fields, and only while it
+ *     holds the region in CREATING or right after FREE->LIVE(g+1), before
+ *     it hands out the new descriptor.  Consumers copy the plain fields once
+ *     (MS__HDR_SNAPSHOT bytes) and validate and use only that copy.
+ * I7. A region is unlinked only by the actor that made it DEAD, and only
+ *     under a name that ms__name_parse() accepts.  A sweep unlinks a region
+ *     it cannot read as a header only if it could open and map it and its
+ *     creator is dead; an open that fails for any other reason than
+ *     "no such object" leaves it alone.
+ * I8. A process forked from the creator of an allocator does nothing to
+ *     cross-process state through the inherited allocator or its tensors
+ *     (ms__shm_inherited()): the slots, tokens and regions are the parent's.
+ */
+
 /* ------------------------------------------------------------------------ */
-/* Names.  Region: <prefix><creator token, 16 hex>-<random, 32 hex>.        */
-/* Token: <prefix><token, 16 hex>.lock.  Descriptor: ms1:<region>:<gen hex> */
+/* Names (shm_names.c).                                                      */
+/*   region      <prefix><creator token, 16 hex>-<random, 32 hex>          */
+/*   token       mstok-<token, 16 hex>.lock   (prefix-independent)         */
+/*   old token   <prefix><token, 16 hex>.lock (1.0; swept, never made)     */
+/*   descriptor  ms1:<region>:<generation hex>                              */
+/* hex is lowercase; nothing else is ever parsed as ours.                   */
 /* ------------------------------------------------------------------------ */
 
 #define MS__PREFIX_MAX 16
 #define MS__NAME_MAX (MS__PREFIX_MAX + 16 + 1 + 32)
+#define MS__TOKEN_PREFIX "mstok-"
+#define MS__TOKEN_NAME_MAX (MS__PREFIX_MAX + 16 + 5)
 
-int ms__name_valid(const char *name, size_t *prefix_len, uint64_t *creator);
-void ms__token_name(char *buf, size_t len, const char *prefix, uint64_t token);
+/* 1 if p is a valid allocator prefix: 1..MS__PREFIX_MAX of [A-Za-z0-9_-]. */
+int ms__prefix_valid(const char *p);
+/* 0 if name is a region name; its prefix length and creator token. */
+int ms__name_parse(const char *name, size_t *prefix_len, uint64_t *creator);
+/* The token object name of `token` (buf >= MS__TOKEN_NAME_MAX + 1). */
+void ms__token_name(char *buf, size_t len, uint64_t token);
+/* 0 and *token if name is exactly a token name, new form or (when prefix is
+ * not NULL) the 1.0 form with that prefix. */
+int ms__token_name_parse(const char *name, const char *prefix, uint64_t *token);
 int ms__descriptor_parse(const char *desc, char *name, uint64_t *gen);
 
 /* ------------------------------------------------------------------------ */
@@ -70,14 +156,17 @@ int ms__descriptor_parse(const char *desc, char *name, uint64_t *gen);
 /* ------------------------------------------------------------------------ */
 
 /* One mapping of one region by one allocator.  Guarded by the allocator's
- * lock. */
+ * lock.  A region can have up to three here: the creator's own (pool)
+ * mapping, a read-only and a writable opened one: read-only is a property
+ * of the mapping, so handles of different access never share one. */
 typedef struct ms__map {
   struct ms__map *next;                /* hash chain */
-  struct ms__map *lru_prev, *lru_next; /* others' idle mappings (cache) */
+  struct ms__map *lru_prev, *lru_next; /* opened, idle mappings (cache) */
   ms__region region;
   ms__hdr *hdr;
   int own;          /* created by this allocator (a pool entry) */
   int writable;     /* data mapped read-write */
+  int in_lru;       /* in the open cache */
   int slot;         /* our holder slot, -1 when we hold none */
   unsigned handles; /* ms_tensor_t objects using it */
   uint64_t gen;     /* generation held while handles > 0 */
@@ -88,6 +177,38 @@ typedef struct ms__map {
   char session[64];
   char name[MS__NAME_MAX + 1];
 } ms__map;
+
+typedef struct ms__session {
+  struct ms__session *next;
+  uint64_t bytes;
+  char label[64];
+} ms__session;
+
+#define MS__NBUCKETS 256 /* mappings per allocator are few; chains short */
+
+struct ms_shm {
+  uv_mutex_t lock;
+  ms__ns *ns;
+  char prefix[MS__PREFIX_MAX + 1];
+  uint64_t token;
+  ms__token tok;
+  char token_name[MS__TOKEN_NAME_MAX + 1];
+  unsigned epoch; /* ms__fork_epoch() when created: see I8 */
+  uint64_t max_bytes, max_session_bytes, pool_bytes, open_cache_bytes;
+  uint32_t open_cache;
+  int64_t allowed_uid;
+  size_t page, header_size;
+
+  ms__map *buckets[MS__NBUCKETS];
+  ms__map *lru_head, *lru_tail; /* opened mappings nobody here holds */
+  uint32_t lru_len;
+  uint64_t lru_bytes;
+  ms__session *sessions;
+  unsigned live_tensors;
+  uint64_t bytes_allocated;
+  uint64_t take_pass;
+  ms_shm_stats_t st; /* counters; the gauges are computed on demand */
+};
 
 struct ms_tensor {
   atomic_uint refs;
@@ -104,10 +225,45 @@ struct ms_tensor {
   void *heap;   /* heap tensors: the allocation data points into */
 };
 
-/* Allocator side of a tensor's last release (shm_pool.c). */
+/* ---- shm_pool.c ---- */
+/* 1 if shm was inherited across fork() by this process (I8). */
+int ms__shm_inherited(const ms_shm_t *shm);
+/* Calls that would touch cross-process state refuse in a forked child. */
+#define MS__REFUSE_IF_INHERITED(shm)                                           \
+  do {                                                                         \
+    if (MS__UNLIKELY(ms__shm_inherited(shm)))                                  \
+      return ms__errmsg_set(shm, MS_EINVAL,                                    \
+                            "allocator inherited across fork(): create a new " \
+                            "one in this process");                            \
+  } while (0)
+/* Own regions nobody holds any more: credit, pool or unlink.  Lock held. */
+void ms__pool_refresh(ms_shm_t *shm);
+/* Allocator side of a tensor's last release. */
 void ms__shm_put(ms_shm_t *shm, ms__map *map);
 /* Records an object-less error (ms_shm_errmsg(NULL)); returns code. */
 int ms__shm_errmsg_none(int code, const char *msg);
+ms_tensor_t *ms__tensor_new(ms_shm_t *shm, ms__map *m);
+
+/* ---- shm_open_cache.c: the table of mappings and the open cache ---- */
+ms__map *ms__map_find(ms_shm_t *shm, const char *name, int own, int writable);
+void ms__map_insert(ms_shm_t *shm, ms__map *m);
+/* Out of the table and the cache, unmapped, freed.  Lock held. */
+void ms__map_drop(ms_shm_t *shm, ms__map *m);
+/* An opened mapping nobody here holds any more: cache it or drop it. */
+void ms__cache_put(ms_shm_t *shm, ms__map *m);
+/* Drops cached mappings of regions that are no longer LIVE. */
+void ms__cache_prune(ms_shm_t *shm);
+/* Our slot on a region was cleared: if it was the last, take the region
+ * out of LIVE and, when nobody will reuse it, unlink it.  Lock held. */
+void ms__after_last_clear(ms_shm_t *shm, ms__map *m);
+
+/* ---- shm_sweep.c ---- */
+/* 1 if the holder of token is alive (ours counts as alive). */
+int ms__holder_alive(ms_shm_t *shm, uint64_t token);
+/* FREE(g) -> DEAD and unlink, if nobody holds it (I3, I7).  1 if done. */
+int ms__region_kill(ms_shm_t *shm, ms__hdr *h, const char *name);
+int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed);
+
 /* A heap tensor with uninitialised data (shm_tensor.c). */
 int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
                         ms_tensor_t **out);
@@ -119,25 +275,34 @@ int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
 /* Element count and byte size of a shape; MS_ERANGE on overflow. */
 int ms__shape_bytes(ms_dtype_t dtype, int ndim, const int64_t *shape,
                     size_t *bytes);
-/* Writes a fresh header (life LIVE at gen) for a C-contiguous tensor. */
-void ms__hdr_init(ms__hdr *h, size_t header_size, size_t region_size,
-                  uint64_t creator, uint32_t flags, uint64_t gen);
+/* Writes a fresh header in state CREATING(gen). */
+void ms__hdr_init(ms__hdr *h, size_t header_size, uint64_t creator,
+                  uint32_t flags, uint64_t gen);
 void ms__hdr_set_tensor(ms__hdr *h, ms_dtype_t dtype, int ndim,
                         const int64_t *shape, size_t bytes);
-/* Validates a header found in a mapping of map_size bytes and fills t's
- * dtype, shape, strides, data and nbytes from private copies. */
+/* Fills t's dtype, shape, strides and nbytes from the arguments (already
+ * checked by ms__shape_bytes) and data from base + data_offset. */
+void ms__tensor_fill(ms_tensor_t *t, ms_dtype_t dtype, int ndim,
+                     const int64_t *shape, size_t bytes, void *data);
+/* Copies the header found in a mapping of map_size bytes once, validates
+ * the copy and fills t from it. */
 int ms__hdr_validate(const ms__hdr *h, size_t map_size, ms_tensor_t *t);
 /* Minimal check for sweeps: magic, version and size fit. */
 int ms__hdr_plausible(const ms__hdr *h, size_t map_size);
 
+/* A free slot now holding token, or -1 (all MS__SLOTS taken). */
 int ms__slot_claim(ms__hdr *h, uint64_t token);
+/* Clears slot if it still holds token; out-of-range slots are ignored. */
 void ms__slot_clear(ms__hdr *h, int slot, uint64_t token);
 int ms__slots_empty(ms__hdr *h, int except);
 unsigned ms__slots_count(ms__hdr *h);
-/* LIVE -> DEAD if no slot is held; 1 if this caller must unlink. */
-int ms__life_kill(ms__hdr *h);
-/* LIVE gen -> LIVE gen+1 for a creator holding `slot` and nobody else;
- * 0 and *gen on success, MS_EBUSY if someone else holds or raced in. */
+/* LIVE(gen) -> FREE(gen) if no slot is held (I4).  1 if it moved. */
+int ms__life_free(ms__hdr *h);
+/* FREE(g) -> DEAD(g) if no slot is held (I3).  CREATING/LIVE -> DEAD too
+ * when `any_state` (sweeps, once the creator is dead).  1 if it moved. */
+int ms__life_kill(ms__hdr *h, int any_state);
+/* FREE(g) -> LIVE(g+1) for a creator holding `slot` and nobody else (I3);
+ * 0 and *gen on success, MS_EBUSY if someone else holds it. */
 int ms__life_recycle(ms__hdr *h, int slot, uint64_t *gen);
 
 #endif

@@ -1,11 +1,17 @@
-/* Platform layer, POSIX: regions are shm_open() objects or files in a
- * directory (a tmpfs); liveness tokens are flock()ed objects. */
+/* Platform layer, Linux: regions are shm_open() objects (listed through
+ * /dev/shm) or files in a directory (a tmpfs); liveness tokens are
+ * flock()ed objects.  Linux-specific: the /dev/shm listing, MAP_POPULATE,
+ * getrandom() and the st_blocks backing check. */
 #define _GNU_SOURCE /* MAP_POPULATE, O_NOFOLLOW, flock */
 #include "internal/region.h"
+
+#include <uv.h>
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +62,22 @@ static int err_of(int e) {
   }
 }
 
+/* fork(): the child's epoch differs from every object its parent made. */
+static atomic_uint fork_epoch;
+static uv_once_t fork_once = UV_ONCE_INIT;
+
+static void on_fork_child(void) {
+  atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
+}
+
+static void fork_hook(void) { (void)pthread_atfork(NULL, NULL, on_fork_child); }
+
+unsigned ms__fork_epoch(void) {
+  return atomic_load_explicit(&fork_epoch, memory_order_relaxed);
+}
+
 int ms__ns_open(const char *dir, ms__ns **out) {
+  uv_once(&fork_once, fork_hook);
   size_t len = dir != NULL ? strlen(dir) : 0;
   ms__ns *ns = malloc(sizeof(*ns) + len + 1);
   if (ns == NULL)
@@ -144,8 +165,11 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
   if (fd < 0)
     return err_of(errno);
   /* Reserve the pages now: a full tmpfs fails here, not with SIGBUS at
-   * first touch.  (posix_fallocate returns the error, not errno.) */
-  int e = posix_fallocate(fd, 0, (off_t)size);
+   * first touch. */
+  int e;
+  do /* posix_fallocate returns the error, not errno */
+    e = posix_fallocate(fd, 0, (off_t)size);
+  while (e == EINTR);
   void *base = MAP_FAILED;
   if (e == 0) {
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
@@ -165,20 +189,36 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
 }
 
 int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
-                    ms__region *out) {
+                    int64_t allowed_uid, ms__region *out, const char **why) {
+  *why = NULL;
   int fd = ns_open_fd(ns, name, O_RDWR, 0);
   if (fd < 0)
     return err_of(errno);
   struct stat st;
+  int rc = 0;
   if (fstat(fd, &st) != 0) {
-    int rc = err_of(errno);
+    rc = err_of(errno);
+  } else if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
+             (uint64_t)st.st_size < min_size ||
+             (uint64_t)st.st_size > SIZE_MAX) {
+    rc = MS_EBADREGION;
+    *why = "not a regular object of a plausible size";
+  } else if (st.st_uid != geteuid() &&
+             (allowed_uid < 0 ||
+              (uint64_t)st.st_uid != (uint64_t)allowed_uid)) {
+    rc = MS_EACCES;
+    *why = "owned by another user (see the allowed_uid option)";
+  } else if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    rc = MS_EACCES;
+    *why = "writable by group or others";
+  } else if ((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size) {
+    /* Holes would fault (SIGBUS) on a full tmpfs when read. */
+    rc = MS_EBADREGION;
+    *why = "not fully backed (sparse)";
+  }
+  if (rc != 0) {
     close(fd);
     return rc;
-  }
-  if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
-      (uint64_t)st.st_size < min_size || (uint64_t)st.st_size > SIZE_MAX) {
-    close(fd);
-    return MS_EBADREGION;
   }
   size_t size = (size_t)st.st_size;
   void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -247,6 +287,11 @@ int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t) {
   (void)ns_unlink(ns, name);
   close((int)t->handle);
+  t->handle = -1;
+}
+
+void ms__token_forget(ms__token *t) {
+  close((int)t->handle); /* the lock stays with the parent's descriptor */
   t->handle = -1;
 }
 
