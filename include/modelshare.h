@@ -487,6 +487,7 @@ MS_EXPORT void ms_tensor_release(ms_tensor_t *t);
  * another process passes to ms_tensor_open().  The descriptor stays valid
  * while some process holds the tensor; after that it may be unlinked or
  * recycled, and opening it gives MS_ENOENT or MS_ESTALE.
+ * On failure buf is not written.
  * Errors: MS_EINVAL (NULL, heap tensor), MS_ERANGE (len too small).
  */
 MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
@@ -498,28 +499,68 @@ MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
 /*
  * An allocator (ms_shm_t) creates tensors in shared memory and opens other
  * processes' tensors.  Producer and consumer each create their own, pointed
- * at the same namespace (the same `dir`, or both the default).
+ * at the same namespace (the same `dir`, or both the default; on Linux the
+ * default is /dev/shm, so dir "/dev/shm" is the same namespace).  Their
+ * other options may differ freely: prefix, pooling, cache sizes and quotas
+ * are each allocator's own business and never change what another process
+ * sees.  (Processes running release 1.0 of the library must not share a
+ * namespace with later ones: 1.0 named its liveness tokens by prefix.)
  *
  * Regions: created with mode 0600 and O_EXCL under unguessable names
  * (random 128 bits), backed at creation (posix_fallocate: a full tmpfs is
  * MS_ENOSPC now, never SIGBUS later) and pre-faulted.  A released region
  * stays mapped in its creator's pool and is reused by a later allocation of
  * a similar size, so a steady allocate/write/hand-off/read cycle runs at
- * memcpy speed.  Reuse bumps the region's generation: old descriptors then
- * give MS_ESTALE.
+ * memcpy speed.
+ *
+ * Descriptors and lifetime: a descriptor opens while some process holds
+ * its tensor.  Once the last holder (creator or consumer) releases it, the
+ * descriptor gives MS_ENOENT, and MS_ESTALE after the region was reused for
+ * a new tensor, even while the region waits in its creator's pool.  So a
+ * producer must keep its tensor until the consumer has opened it.
  *
  * Every header field read from shared memory is treated as hostile: it is
- * checked against the real size of the mapping (magic, layout version,
- * sizes, shape x itemsize overflow, strides within bounds, ndim <=
- * MS_MAX_NDIM) and a bad header is MS_EBADREGION, never a crash.
+ * copied once into a private snapshot, which alone is checked against the
+ * real size of the mapping (magic, layout version, sizes, shape x itemsize
+ * overflow, contiguous strides, ndim <= MS_MAX_NDIM) and used; a bad header
+ * is MS_EBADREGION.  Before mapping, the object itself is checked: owned by
+ * the effective user (or the allowed_uid option), not writable by group or
+ * others (else MS_EACCES), and fully backed, not sparse (else
+ * MS_EBADREGION).
+ *
+ * Truncation (POSIX named regions): any process of the same user may
+ * ftruncate() a region after a consumer validated it.  Touching the lost
+ * pages then raises SIGBUS, in the consumer's own reads and in library
+ * calls that touch the region's header (release, sweep, reopen).  Nothing
+ * the library can check prevents that on named regions; run producers you
+ * trust in a namespace only they can write, or use sealed regions where the
+ * platform has them.  Win32 sections cannot shrink under their views.
+ *
+ * Read-only: a tensor opened without MS_OPEN_WRITE is read-only through its
+ * own mapping, whatever other handles of the same process do; writing
+ * through it faults (SIGSEGV).  ms_tensor_is_writable() tells which a
+ * handle is.  A creator's own tensors are writable; reopening its own
+ * descriptor read-only gives a read-only handle.
  *
  * Crash safety: each allocator holds a liveness token that the kernel drops
- * when its process dies (a flock()ed file).  ms_shm_sweep(), also run by
- * ms_shm_create(), releases the references of dead processes and unlinks
+ * when its process dies (a flock()ed file named after the token alone, so
+ * every observer reaches the same verdict).  ms_shm_sweep(), also run by
+ * ms_shm_create(), clears the holder slots of dead processes and unlinks
  * regions that no live process holds.  Tokens are random, so pid reuse
- * cannot make a dead process look alive.  A child made with fork() shares
- * its parent's token: it must create its own allocator, and the parent's
- * token stays alive while the child lives.
+ * cannot make a dead process look alive.  A sweep only ever unlinks names
+ * of the exact form the library makes, and never a region it cannot open.
+ *
+ * fork(): objects inherited by a child made with fork() belong to the
+ * parent.  In the child, ms_tensor_alloc(), ms_tensor_open(),
+ * ms_shm_sweep() and ms_shm_stats() on an inherited allocator return
+ * MS_EINVAL; ms_tensor_release() of an inherited tensor and
+ * ms_shm_destroy() of an inherited allocator free only the child's memory
+ * (the parent's holders, pool, regions and token are untouched), and the
+ * child may read inherited tensors only while the parent holds them.  Use
+ * inherited objects from one thread of the child.  A child that wants
+ * tensors of its own creates its own allocator.  Until it destroys the
+ * inherited allocator, execs or exits, the child keeps the parent's token
+ * open, so sweeps treat the parent as alive while the child lives.
  *
  * Thread safety: every function may be called from any thread.
  *
@@ -589,7 +630,8 @@ MS_EXPORT int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out);
 /**
  * Destroys an allocator: unlinks its pooled regions, unmaps its cache and
  * drops its liveness token.  Regions it created that other processes still
- * hold stay until their last holder releases them.
+ * hold stay until their last holder releases them.  In a forked child, an
+ * inherited allocator only frees the child's memory (see fork() above).
  * Errors: MS_EBUSY if tensors obtained from shm are still held (nothing is
  * changed then).  NULL returns 0.
  */
@@ -615,20 +657,28 @@ MS_EXPORT int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
 /**
  * Opens a descriptor made by ms_tensor_descriptor() (in any process that
  * uses the same namespace) and returns the tensor in place, held once.
- * Reopening a region this allocator already maps takes no system call.
+ * Without MS_OPEN_WRITE the data is mapped read-only for this handle.
+ * Reopening a region this allocator already maps with the same access
+ * takes no system call; mappings of regions that died are dropped first.
  * Errors: MS_EINVAL (malformed descriptor: wrong charset or length, path
- *   separators, bad generation), MS_ENOENT (no such region), MS_ESTALE (it
- *   was recycled), MS_EBADREGION (hostile or corrupt header), MS_EBUSY (too
- *   many processes hold it), MS_EACCES, MS_ENOMEM, MS_EIO.
+ *   separators, bad generation; or shm inherited across fork()), MS_ENOENT
+ *   (no such region, or nobody holds its tensor any more), MS_ESTALE (it
+ *   was reused for a newer tensor), MS_EBADREGION (hostile or corrupt
+ *   header, or a sparse object), MS_EACCES (another user's object, or one
+ *   writable by group or others), MS_EBUSY (64 processes hold it already),
+ *   MS_ENOMEM, MS_EIO.  ms_shm_errmsg() names the failed check.
  */
 MS_EXPORT int ms_tensor_open(ms_shm_t *shm, const char *descriptor,
                              unsigned flags, ms_tensor_t **out);
 
 /**
- * Releases the references of dead processes and unlinks regions and tokens
- * that no live process holds, in this allocator's namespace and prefix.
- * *reclaimed (may be NULL) receives the number of regions unlinked.
- * Errors: MS_EINVAL (NULL shm), MS_EIO (the namespace cannot be listed).
+ * Releases the references of dead processes and unlinks regions that no
+ * live process holds (those with this allocator's prefix) and the liveness
+ * tokens of dead processes (any prefix), in this allocator's namespace.
+ * On success *reclaimed (may be NULL) receives the number of regions
+ * unlinked; on failure it is not written.
+ * Errors: MS_EINVAL (NULL shm, or inherited across fork()), MS_EIO (the
+ *   namespace cannot be listed), MS_ENOMEM.
  */
 MS_EXPORT int ms_shm_sweep(ms_shm_t *shm, size_t *reclaimed);
 
@@ -650,7 +700,11 @@ typedef struct ms_shm_stats_s {
 #define MS_SHM_STATS_INIT                                                      \
   { sizeof(ms_shm_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
-/** Fills *stats (up to stats->struct_size bytes).  Errors: MS_EINVAL. */
+/** Fills *stats (up to stats->struct_size bytes) with a snapshot taken
+ *  under the allocator's lock.  Read-only: it changes nothing, not even
+ *  the pool (regions freed elsewhere count as pooled and their bytes as
+ *  freed at once).  Errors: MS_EINVAL (NULL argument, struct_size below
+ *  sizeof(size_t), or shm inherited across fork()). */
 MS_EXPORT int ms_shm_stats(ms_shm_t *shm, ms_shm_stats_t *stats);
 /** The same as a JSON object; free *json with ms_free().
  *  Errors: MS_EINVAL, MS_ENOMEM. */
@@ -722,6 +776,10 @@ struct DLManagedTensor;
  * Exports t as a DLPack DLManagedTensor on the CPU device, pointing at the
  * same bytes (no copy).  It holds its own reference to t; its deleter
  * releases it.  Pass it to any DLPack consumer (NumPy, PyTorch...).
+ * DLManagedTensor (DLPack 0.6) has no read-only flag: consumers must assume
+ * the memory may be read-only.  Export a read-only handle
+ * (ms_tensor_is_writable() == 0) only to code that does not write into it:
+ * a write faults (SIGSEGV) rather than corrupting the producer's data.
  * Errors: MS_EINVAL (NULL argument), MS_ENOMEM.
  */
 MS_EXPORT int ms_tensor_to_dlpack(ms_tensor_t *t, struct DLManagedTensor **out);
