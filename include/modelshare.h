@@ -106,6 +106,45 @@ MS_EXPORT const char *ms_strerror(int code);
 MS_EXPORT const char *ms_err_name(int code);
 
 /* ------------------------------------------------------------------------ */
+/* Memory                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef void *(*ms_malloc_func)(size_t size);
+typedef void *(*ms_realloc_func)(void *ptr, size_t size);
+typedef void *(*ms_calloc_func)(size_t count, size_t size);
+typedef void (*ms_free_func)(void *ptr);
+
+/**
+ * Makes every allocation of the library go through the given functions
+ * (like libuv's uv_replace_allocator), and ms_free() through free_fn.  The
+ * library never asks for 0 bytes.
+ *
+ * Call it before any other function of the library, from one thread.  It
+ * returns MS_EBUSY, changing nothing, while memory the library allocated
+ * with the previous functions is still alive (any registry, key, allocator,
+ * tensor, model or string from ms_*_json()).
+ *
+ * Not covered, by design: cJSON and libuv allocate through their own
+ * global hooks (cJSON_InitHooks, uv_replace_allocator), which belong to the
+ * host program; the library never changes them.  cJSON is used while
+ * parsing a config or a safetensors header and while building stats JSON;
+ * libuv allocates in the async API (uv_queue_work requests are the
+ * library's, libuv's internal ones are not).
+ *
+ * Allocation failure: every call that allocates returns MS_ENOMEM when an
+ * allocation (the library's, cJSON's or libuv's) fails, and leaves the
+ * objects it was given as they were: no half-initialised object, no entry
+ * stuck loading, no region left in shared memory, no holder slot taken.
+ * Releases and destroys never allocate.  A loader's own failure is its own
+ * return code.
+ * Errors: MS_EINVAL (a NULL function), MS_EBUSY (see above).
+ */
+MS_EXPORT int ms_replace_allocator(ms_malloc_func malloc_fn,
+                                   ms_realloc_func realloc_fn,
+                                   ms_calloc_func calloc_fn,
+                                   ms_free_func free_fn);
+
+/* ------------------------------------------------------------------------ */
 /* Model keys                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -400,7 +439,8 @@ MS_EXPORT int ms_registry_foreach(ms_registry_t *reg,
  */
 MS_EXPORT int ms_registry_stats_json(ms_registry_t *reg, char **json);
 
-/** Frees memory the library returned to the caller (NULL is a no-op). */
+/** Frees memory the library returned to the caller (NULL is a no-op), with
+ *  the allocator the library used (see ms_replace_allocator()). */
 MS_EXPORT void ms_free(void *ptr);
 
 /**

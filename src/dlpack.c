@@ -16,13 +16,13 @@ typedef struct export_ctx {
 static void export_delete(DLManagedTensor *self) {
   export_ctx *c = self->manager_ctx;
   ms_tensor_release(c->tensor);
-  free(c);
+  ms__free(c);
 }
 
 int ms_tensor_to_dlpack(ms_tensor_t *t, struct DLManagedTensor **out) {
   if (t == NULL || out == NULL)
     return MS_EINVAL;
-  export_ctx *c = calloc(1, sizeof(*c));
+  export_ctx *c = ms__calloc(1, sizeof(*c));
   if (c == NULL)
     return MS_ENOMEM;
   memcpy(c->shape, t->shape, sizeof(c->shape));

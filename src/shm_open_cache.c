@@ -53,7 +53,7 @@ void ms__map_drop(ms_shm_t *shm, ms__map *m) {
     }
   lru_unlink(shm, m);
   ms__region_unmap(&m->region);
-  free(m);
+  ms__free(m);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -137,7 +137,7 @@ static int map_get(ms_shm_t *shm, const char *name, int writable, ms__map **out,
     *out = m;
     return 0;
   }
-  m = calloc(1, sizeof(*m));
+  m = ms__calloc(1, sizeof(*m));
   if (m == NULL) {
     (void)ms__errmsg_set(shm, MS_ENOMEM, "out of memory");
     return MS_ENOMEM;
@@ -157,7 +157,7 @@ static int map_get(ms_shm_t *shm, const char *name, int writable, ms__map **out,
       ms__region_unmap(&m->region);
   }
   if (rc != 0) {
-    free(m);
+    ms__free(m);
     (void)ms__errmsg_set(shm, rc, "cannot open region %s: %s", name,
                          why != NULL ? why : ms_strerror(rc));
     return rc;
@@ -192,14 +192,14 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
      * what it is rather than as a hostile header. */
     uint64_t life = atomic_load(&m->hdr->life);
     if (MS__LIFE_STATE(life) != MS__LIVE || MS__LIFE_GEN(life) != gen) {
-      free(t);
+      ms__free(t);
       if (m->handles == 0 && !m->in_lru)
         ms__map_drop(shm, m);
       return life_refusal(shm, name, life, gen);
     }
   }
   if (rc != 0) {
-    free(t);
+    ms__free(t);
     if (m->handles == 0 && !m->in_lru)
       ms__map_drop(shm, m);
     return ms__errmsg_set(shm, rc, "region %s: %s", name,
@@ -216,7 +216,7 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
     else if (life != MS__LIFE(gen, MS__LIVE))
       rc = life_refusal(shm, name, life, gen);
     if (rc != 0) {
-      free(t);
+      ms__free(t);
       /* We never held it: clearing our claim has no duty attached (I4). */
       ms__slot_clear(m->hdr, slot, shm->token);
       if (!m->in_lru || !live(m))
@@ -226,7 +226,7 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
     m->slot = slot;
     m->gen = gen;
   } else if (m->gen != gen) {
-    free(t);
+    ms__free(t);
     return ms__errmsg_set(shm, MS_ESTALE,
                           "region %s holds generation %llx, not %llx", name,
                           (unsigned long long)m->gen, (unsigned long long)gen);

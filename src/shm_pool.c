@@ -31,7 +31,7 @@ static ms__session *session_get(ms_shm_t *shm, const char *label, int create) {
       return s;
   if (!create)
     return NULL;
-  ms__session *s = calloc(1, sizeof(*s));
+  ms__session *s = ms__calloc(1, sizeof(*s));
   if (s == NULL)
     return NULL;
   memcpy(s->label, label, strlen(label) + 1);
@@ -48,7 +48,7 @@ static void session_drop_if_empty(ms_shm_t *shm, ms__session *s) {
   for (ms__session **p = &shm->sessions; *p != NULL; p = &(*p)->next)
     if (*p == s) {
       *p = s->next;
-      free(s);
+      ms__free(s);
       return;
     }
 }
@@ -132,13 +132,13 @@ static ms__map *pool_take(ms_shm_t *shm, size_t bytes) {
 }
 
 static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
-  ms__map *m = calloc(1, sizeof(*m));
+  ms__map *m = ms__calloc(1, sizeof(*m));
   if (m == NULL)
     return MS_ENOMEM;
   unsigned char rnd[16];
   int rc = ms__random(rnd, sizeof(rnd));
   if (rc != 0) {
-    free(m);
+    ms__free(m);
     return rc;
   }
   int n = snprintf(m->name, sizeof(m->name), "%s%016llx-", shm->prefix,
@@ -148,12 +148,12 @@ static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
 
   size_t data = round_up(bytes > 0 ? bytes : 1, shm->page);
   if (data > SIZE_MAX - shm->header_size) {
-    free(m);
+    ms__free(m);
     return MS_ERANGE;
   }
   rc = ms__region_create(shm->ns, m->name, shm->header_size + data, &m->region);
   if (rc != 0) {
-    free(m);
+    ms__free(m);
     return rc;
   }
   m->hdr = m->region.base;
@@ -173,7 +173,7 @@ static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
 }
 
 ms_tensor_t *ms__tensor_new(ms_shm_t *shm, ms__map *m) {
-  ms_tensor_t *t = calloc(1, sizeof(*t));
+  ms_tensor_t *t = ms__calloc(1, sizeof(*t));
   if (t == NULL)
     return NULL;
   atomic_init(&t->refs, 1);
@@ -332,7 +332,7 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
                           "prefix must be 1 to %d of [A-Za-z0-9_-]",
                           MS__PREFIX_MAX);
 
-  ms_shm_t *shm = calloc(1, sizeof(*shm));
+  ms_shm_t *shm = ms__calloc(1, sizeof(*shm));
   if (shm == NULL)
     return ms__errmsg_set(&shm_errobj, MS_ENOMEM, "out of memory");
   memcpy(shm->prefix, prefix, strlen(prefix) + 1);
@@ -348,7 +348,7 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
 
   int rc = ms__ns_open(o.dir, &shm->ns);
   if (rc != 0) {
-    free(shm);
+    ms__free(shm);
     return ms__errmsg_set(&shm_errobj, rc, "cannot open namespace %s: %s",
                           o.dir != NULL ? o.dir : "(shm_open)",
                           ms_strerror(rc));
@@ -369,7 +369,7 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
       rc = MS_ENOMEM;
     }
     ms__ns_close(shm->ns);
-    free(shm);
+    ms__free(shm);
     return ms__errmsg_set(&shm_errobj, rc == MS_ENOENT ? MS_ENOTSUP : rc,
                           "cannot create a liveness token: %s",
                           ms_strerror(rc));
@@ -406,7 +406,7 @@ int ms_shm_destroy(ms_shm_t *shm) {
   while (shm->sessions != NULL) {
     ms__session *s = shm->sessions;
     shm->sessions = s->next;
-    free(s);
+    ms__free(s);
   }
   if (inherited) {
     /* The parent's lock may have been held by another thread at fork():
@@ -419,7 +419,7 @@ int ms_shm_destroy(ms_shm_t *shm) {
   }
   ms__errmsg_clear(shm);
   ms__ns_close(shm->ns);
-  free(shm);
+  ms__free(shm);
   return 0;
 }
 

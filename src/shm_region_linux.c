@@ -79,7 +79,7 @@ unsigned ms__fork_epoch(void) {
 int ms__ns_open(const char *dir, ms__ns **out) {
   uv_once(&fork_once, fork_hook);
   size_t len = dir != NULL ? strlen(dir) : 0;
-  ms__ns *ns = malloc(sizeof(*ns) + len + 1);
+  ms__ns *ns = ms__malloc(sizeof(*ns) + len + 1);
   if (ns == NULL)
     return MS_ENOMEM;
   ns->dirfd = -1;
@@ -88,7 +88,7 @@ int ms__ns_open(const char *dir, ms__ns **out) {
     ns->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (ns->dirfd < 0) {
       int rc = errno == ENOTDIR ? MS_EINVAL : err_of(errno);
-      free(ns);
+      ms__free(ns);
       return rc;
     }
   }
@@ -101,7 +101,7 @@ void ms__ns_close(ms__ns *ns) {
     return;
   if (ns->dirfd >= 0)
     close(ns->dirfd);
-  free(ns);
+  ms__free(ns);
 }
 
 static int ns_open_fd(const ms__ns *ns, const char *name, int flags,

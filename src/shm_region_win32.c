@@ -103,14 +103,14 @@ static int prepare_named(const char *name, wchar_t *wname,
 int ms__ns_open(const char *dir, ms__ns **out) {
   if (dir != NULL)
     return MS_ENOTSUP;
-  ms__ns *ns = calloc(1, sizeof(*ns));
+  ms__ns *ns = ms__calloc(1, sizeof(*ns));
   if (ns == NULL)
     return MS_ENOMEM;
   *out = ns;
   return 0;
 }
 
-void ms__ns_close(ms__ns *ns) { free(ns); }
+void ms__ns_close(ms__ns *ns) { ms__free(ns); }
 
 int ms__ns_space(const ms__ns *ns, uint64_t *free_bytes, uint64_t *total) {
   (void)ns;

@@ -136,7 +136,7 @@ static int sweep_region(const char *name, void *user) {
 }
 
 int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
-  sweep_ctx *c = calloc(1, sizeof(*c));
+  sweep_ctx *c = ms__calloc(1, sizeof(*c));
   if (c == NULL)
     return MS_ENOMEM;
   c->shm = shm;
@@ -151,17 +151,18 @@ int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
     for (size_t b = 0; b < MS__NBUCKETS; b++)
       for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
         n++;
-    char(*names)[MS__NAME_MAX + 1] = malloc((n > 0 ? n : 1) * sizeof(*names));
+    char(*names)[MS__NAME_MAX + 1] =
+        ms__malloc((n > 0 ? n : 1) * sizeof(*names));
     for (size_t b = 0; names != NULL && b < MS__NBUCKETS; b++)
       for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
         memcpy(names[k++], m->name, sizeof(m->name));
     for (size_t i = 0; i < k; i++)
       (void)sweep_region(names[i], c);
     rc = names != NULL ? 0 : MS_ENOMEM;
-    free(names);
+    ms__free(names);
   }
   if (reclaimed != NULL)
     *reclaimed = c->reclaimed;
-  free(c);
+  ms__free(c);
   return rc;
 }

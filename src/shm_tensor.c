@@ -260,12 +260,12 @@ int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
   int rc = ms__shape_bytes(dtype, ndim, shape, &bytes);
   if (rc != 0)
     return rc;
-  ms_tensor_t *t = calloc(1, sizeof(*t));
+  ms_tensor_t *t = ms__calloc(1, sizeof(*t));
   /* malloc has no portable aligned form (C11 aligned_alloc is missing on
    * Windows): over-allocate and align by hand. */
-  void *raw = t != NULL ? malloc(bytes + MS__ALIGN) : NULL;
+  void *raw = t != NULL ? ms__malloc(bytes + MS__ALIGN) : NULL;
   if (raw == NULL) {
-    free(t);
+    ms__free(t);
     return MS_ENOMEM;
   }
   atomic_init(&t->refs, 1);
@@ -289,6 +289,6 @@ void ms_tensor_release(ms_tensor_t *t) {
     return;
   if (t->shm != NULL)
     ms__shm_put(t->shm, t->map);
-  free(t->heap);
-  free(t);
+  ms__free(t->heap);
+  ms__free(t);
 }

@@ -32,6 +32,14 @@ int ms__errmsg_set(const void *obj, int code, const char *fmt, ...)
 const char *ms__errmsg_get(const void *obj);
 void ms__errmsg_clear(const void *obj);
 
+/* The library's allocator (alloc.c): ms_replace_allocator()'s functions.
+ * ms__realloc(NULL, n) is ms__malloc(n); a size of 0 allocates 1 byte. */
+void *ms__malloc(size_t n);
+void *ms__calloc(size_t count, size_t n);
+void *ms__realloc(void *ptr, size_t n);
+void ms__free(void *ptr);
+char *ms__strdup(const char *s);
+
 /* Prints root as compact JSON into memory the caller frees with ms_free().
  * Returns 0 or MS_ENOMEM (also when root is NULL). */
 struct cJSON;
