@@ -136,7 +136,9 @@ typedef void (*ms_free_func)(void *ptr);
  * objects it was given as they were: no half-initialised object, no entry
  * stuck loading, no region left in shared memory, no holder slot taken.
  * Releases and destroys never allocate.  A loader's own failure is its own
- * return code.
+ * return code.  Other exhausted resources are clean failures too: out of
+ * file descriptors is MS_EIO, out of address space (mmap) MS_ENOMEM, a full
+ * tmpfs MS_ENOSPC; each call succeeds again once the resource is back.
  * Errors: MS_EINVAL (a NULL function), MS_EBUSY (see above).
  */
 MS_EXPORT int ms_replace_allocator(ms_malloc_func malloc_fn,
