@@ -600,9 +600,10 @@ MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
  * (the parent's holders, pool, regions and token are untouched), and the
  * child may read inherited tensors only while the parent holds them.  Use
  * inherited objects from one thread of the child.  A child that wants
- * tensors of its own creates its own allocator.  Until it destroys the
- * inherited allocator, execs or exits, the child keeps the parent's token
- * open, so sweeps treat the parent as alive while the child lives.
+ * tensors of its own creates its own allocator.  The child does not keep
+ * its parent's liveness token: when the parent dies, its regions are
+ * reclaimed even while the child lives (fork() must then come from a
+ * thread outside ms_shm_create(), which holds a lock fork() waits for).
  *
  * Thread safety: every function may be called from any thread.
  *

@@ -62,15 +62,63 @@ static int err_of(int e) {
   }
 }
 
-/* fork(): the child's epoch differs from every object its parent made. */
+/*
+ * fork(): the child's epoch differs from every object its parent made, and
+ * the child closes its copies of the parent's token descriptors before
+ * fork() returns: a flock() belongs to the open file, which the child's
+ * copy would otherwise keep locked after the parent died, making the dead
+ * parent look alive to every sweep.  The list of held tokens is guarded by
+ * a mutex that the prepare handler takes, so no thread is changing it when
+ * the child copies it.
+ */
 static atomic_uint fork_epoch;
 static uv_once_t fork_once = UV_ONCE_INIT;
+static pthread_mutex_t tokens_lock = PTHREAD_MUTEX_INITIALIZER;
+static ms__token *tokens; /* held by this process */
+
+static void on_fork_prepare(void) { (void)pthread_mutex_lock(&tokens_lock); }
+static void on_fork_parent(void) { (void)pthread_mutex_unlock(&tokens_lock); }
 
 static void on_fork_child(void) {
   atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
+  for (ms__token *t = tokens; t != NULL; t = t->next) {
+    close((int)t->handle);
+    t->handle = -1;
+  }
+  tokens = NULL;
+  (void)pthread_mutex_unlock(&tokens_lock);
 }
 
-static void fork_hook(void) { (void)pthread_atfork(NULL, NULL, on_fork_child); }
+static void fork_hook(void) {
+  (void)pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child);
+}
+
+/* tokens_lock held (from before the descriptor exists: a fork() in between
+ * would leave the child a copy nobody closes). */
+static void tokens_add(ms__token *t) {
+  t->prev = NULL;
+  t->next = tokens;
+  if (tokens != NULL)
+    tokens->prev = t;
+  tokens = t;
+}
+
+/* 0 if t was still held (and is now off the list), -1 if a fork() already
+ * closed it in this process. */
+static int tokens_remove(ms__token *t) {
+  (void)pthread_mutex_lock(&tokens_lock);
+  int held = t->handle >= 0;
+  if (held) {
+    if (t->prev != NULL)
+      t->prev->next = t->next;
+    else
+      tokens = t->next;
+    if (t->next != NULL)
+      t->next->prev = t->prev;
+  }
+  (void)pthread_mutex_unlock(&tokens_lock);
+  return held ? 0 : -1;
+}
 
 unsigned ms__fork_epoch(void) {
   return atomic_load_explicit(&fork_epoch, memory_order_relaxed);
@@ -270,28 +318,35 @@ static int same_object(const ms__ns *ns, const char *name, int fd) {
 }
 
 int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
+  (void)pthread_mutex_lock(&tokens_lock);
   int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
-  if (fd < 0)
-    return err_of(errno);
+  int rc = fd < 0 ? err_of(errno) : 0;
   errno = 0;
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0 ||
-      !same_object(ns, name, fd)) {
-    int rc = errno != 0 ? err_of(errno) : MS_EIO;
+  if (fd >= 0 && (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0 ||
+                  !same_object(ns, name, fd))) {
+    rc = errno != 0 ? err_of(errno) : MS_EIO;
+    rc = rc == MS_ENOENT ? MS_EIO : rc; /* swept mid-setup: try again */
     close(fd);
-    return rc == MS_ENOENT ? MS_EIO : rc; /* swept mid-setup: try again */
   }
-  out->handle = fd;
-  return 0;
+  if (rc == 0) {
+    out->handle = fd;
+    tokens_add(out);
+  }
+  (void)pthread_mutex_unlock(&tokens_lock);
+  return rc;
 }
 
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t) {
+  if (tokens_remove(t) != 0)
+    return; /* inherited and already closed: the parent's to remove */
   (void)ns_unlink(ns, name);
   close((int)t->handle);
   t->handle = -1;
 }
 
 void ms__token_forget(ms__token *t) {
-  close((int)t->handle); /* the lock stays with the parent's descriptor */
+  if (tokens_remove(t) == 0) /* the lock stays with the parent's copy */
+    close((int)t->handle);
   t->handle = -1;
 }
 

@@ -53,13 +53,17 @@ int ms__region_unlink(const ms__ns *ns, const char *name);
 /* A liveness token: held by a live process, released by the kernel when it
  * dies. */
 typedef struct ms__token {
-  intptr_t handle;
+  intptr_t handle;               /* -1 once released or forgotten */
+  struct ms__token *prev, *next; /* the process's held tokens (fork) */
 } ms__token;
 
 int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out);
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t);
 /* Closes this process's handle on a token it inherited across fork(),
- * without removing the object: the parent still holds it. */
+ * without removing the object: the parent still holds it.  (On POSIX a
+ * forked child has already closed every inherited token handle when fork()
+ * returns, so that the child never keeps its parent's tokens alive; this
+ * then does nothing.) */
 void ms__token_forget(ms__token *t);
 /* 1 if a live process holds the token (or is creating it), 0 if not. */
 int ms__token_alive(const ms__ns *ns, const char *name);
