@@ -23,8 +23,12 @@ typedef struct msb_opts {
   const char *self; /* argv[0], to start consumer processes */
 } msb_opts;
 
-/* Where a target stands: printed beside each figure. */
+/* Where a target stands: "PASS" or "MISS", printed beside each figure.
+ * Every MISS is counted (msb_misses), and the bench exits non-zero when any
+ * target was missed. */
 const char *msb_pass(int ok);
+/* How many MISS verdicts msb_pass has given so far. */
+int msb_misses(void);
 /* Sorts v and returns its median. */
 double msb_median(double *v, int n);
 /* Reads every byte of p (8 at a time); the sum defeats dead-code removal. */
@@ -33,7 +37,11 @@ uint64_t msb_read_all(const void *p, size_t n);
 size_t msb_rss(void);
 void msb_progress(const char *fmt, ...);
 
-/* Scenarios: each prints its table to stdout and adds its JSON object. */
+/* Scenarios: each prints its table to stdout and adds its JSON object, and
+ * returns its pass state: MSB_ALL_PASS when every target passed,
+ * MSB_MISSED when any was missed, negative when it could not run. */
+#define MSB_ALL_PASS 0
+#define MSB_MISSED 1
 void msb_micro_register(void);
 void msb_micro_done(void);
 int msb_registry(const msb_opts *o, cJSON *root);

@@ -6,6 +6,8 @@
  * Prints each node's transcript of a synthesized sentence, the registry's
  * stats JSON, and the memory and load time saved against three separate
  * loads (measured in a child process, so neither run sees the other's heap).
+ * Exits non-zero unless every node transcribed something and the model was
+ * loaded exactly once.
  */
 #define _DEFAULT_SOURCE
 #include "speech_model.h"
@@ -137,6 +139,15 @@ int main(void) {
            nodes[i].rc == 0 ? "ok" : ms_strerror(nodes[i].rc),
            nodes[i].transcript);
     failed |= nodes[i].rc != 0 || nodes[i].transcript[0] == '\0';
+  }
+  /* The point of the registry: one load, and every other node a hit. */
+  ms_registry_stats_t st = MS_REGISTRY_STATS_INIT;
+  if (ms_registry_stats(reg, &st) != 0 || st.loads != 1 ||
+      st.hits != NODES - 1) {
+    fprintf(stderr, "registry: %llu loads and %llu hits, want 1 and %d\n",
+            (unsigned long long)st.loads, (unsigned long long)st.hits,
+            NODES - 1);
+    failed = 1;
   }
   char *json = NULL;
   if (ms_registry_stats_json(reg, &json) == 0)

@@ -3,8 +3,10 @@
  * video frames (1080p RGB, uint8 [1080, 1920, 3]) into shared-memory
  * tensors and sends each frame's descriptor over a pipe; the consumer opens
  * the descriptor, reads the frame in place (no copy) and checks it, then
- * answers so that the producer can recycle the frame.  Up to four frames
- * are in flight, as in a real pipeline.  Prints frames per second.
+ * answers with the frame's checksum so that the producer can verify it and
+ * recycle the frame.  Up to four frames are in flight, as in a real
+ * pipeline.  Prints frames per second.  Exits non-zero if any frame arrives
+ * corrupted, the consumer fails, or the pool never recycles a region.
  *
  *   producer_consumer [FRAMES]          (default 200)
  *
@@ -98,7 +100,8 @@ int main(int argc, char **argv) {
   }
   const int64_t shape[3] = {H, W, C};
   ms_tensor_t *inflight[WINDOW] = {0};
-  long sent = 0, done = 0;
+  unsigned long want[WINDOW] = {0}; /* the checksum of each frame in flight */
+  long sent = 0, done = 0, bad = 0;
   uint64_t t0 = uv_hrtime();
   while (done < frames) {
     if (sent < frames && sent - done < WINDOW) {
@@ -111,8 +114,12 @@ int main(int argc, char **argv) {
       /* "Decode" the frame straight into shared memory. */
       unsigned char *px = ms_tensor_data(t);
       size_t n = ms_tensor_nbytes(t);
-      for (size_t i = 0; i < n; i++)
+      unsigned long sum = 0;
+      for (size_t i = 0; i < n; i++) {
         px[i] = frame_byte(sent, i);
+        sum += px[i];
+      }
+      want[sent % WINDOW] = sum;
       char desc[MS_DESCRIPTOR_MAX];
       (void)ms_tensor_descriptor(t, desc, sizeof(desc));
       fprintf(out, "%ld %s\n", sent, desc);
@@ -121,9 +128,17 @@ int main(int argc, char **argv) {
       continue;
     }
     char line[64];
+    long frame = -1;
+    unsigned long sum = 0;
     if (fgets(line, sizeof(line), in) == NULL) {
       fprintf(stderr, "producer: the consumer died\n");
       return 1;
+    }
+    if (sscanf(line, "%ld %lu", &frame, &sum) != 2 || frame != done ||
+        sum != want[done % WINDOW]) {
+      fprintf(stderr, "producer: frame %ld came back as \"%.*s\"\n", done,
+              (int)strcspn(line, "\n"), line);
+      bad++;
     }
     ms_tensor_release(inflight[done++ % WINDOW]); /* back to the pool */
   }
@@ -141,7 +156,14 @@ int main(int argc, char **argv) {
          frames, H, W, C, secs, frames / secs, mb / secs);
   printf("allocations %llu, served from the pool %llu\n",
          (unsigned long long)st.allocations, (unsigned long long)st.pool_hits);
-  int ok =
-      WIFEXITED(status) && WEXITSTATUS(status) == 0 && ms_shm_destroy(shm) == 0;
+  /* Past the first window every allocation can reuse a released region. */
+  int pooled = frames <= WINDOW || st.pool_hits > 0;
+  if (!pooled)
+    fprintf(stderr, "producer: no allocation was served from the pool\n");
+  if (bad != 0)
+    fprintf(stderr, "producer: %ld of %ld frames failed the checksum\n", bad,
+            frames);
+  int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && bad == 0 &&
+           pooled && ms_shm_destroy(shm) == 0;
   return ok ? 0 : 1;
 }

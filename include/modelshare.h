@@ -68,15 +68,17 @@ MS_EXPORT const char *ms_version_string(void);
 
 /*
  * Every error code, once.  Codes are never renumbered or reused; retired codes
- * keep their number.  XX(name, value, description).
+ * keep their number.  XX(name, value, description).  Codes shared by the
+ * registry and shared memory (MS_ENOMEM, MS_ENOENT, ...) have neutral texts;
+ * the object's errmsg names what was not found or did not fit.
  */
 #define MS_ERRNO_MAP(XX)                                                       \
   XX(EINVAL, -1, "invalid argument")                                           \
-  XX(ENOMEM, -2, "out of memory, or the model does not fit the memory budget") \
+  XX(ENOMEM, -2, "out of memory, or over a memory budget")                     \
   XX(ETIMEDOUT, -3, "timed out waiting for a model another caller is loading") \
   XX(EDEADLK, -4, "a loader asked for the model it is loading")                \
   XX(EBUSY, -5, "object still in use")                                         \
-  XX(ENOENT, -6, "no such model or object")                                    \
+  XX(ENOENT, -6, "not found")                                                  \
   XX(ELOAD, -7, "the loader failed")                                           \
   XX(EIO, -8, "input/output error")                                            \
   XX(ENOSPC, -9, "no space left for a shared-memory region")                   \

@@ -2,7 +2,8 @@
 # Builds everything and runs the main job: modelshare-bench, the founding
 # measurements on the real pocketsphinx speech model, with every baseline
 # measured in the same run.  Extra arguments go to the bench (try --help);
-# the raw figures are written to build/release/bench.json.
+# the raw figures are written to build/release/bench.json.  Exits with the
+# bench's status: 0 when every target passed, 1 when any was a MISS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

@@ -28,6 +28,7 @@ for t in safetensors config_json descriptor region_header; do
   else
     grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "build/fuzz/$t.log" | tr '\n' ' '
     echo
+    echo "fuzz target passed: fuzz_$t" # scripts/test.sh counts these lines
   fi
 done
 exit $status

@@ -18,6 +18,11 @@ import tempfile
 
 import numpy as np
 
+# The checks below are asserts: under python -O (or PYTHONOPTIMIZE) they
+# would vanish and the test could not fail.  Any failure exits non-zero.
+if not __debug__:
+    raise SystemExit("test_dlpack_numpy.py: run without -O, the checks are asserts")
+
 lib = ctypes.CDLL(sys.argv[1])
 helper = sys.argv[2]
 

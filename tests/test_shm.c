@@ -741,6 +741,27 @@ static void test_threads(void **state) {
   assert_int_equal(ms_shm_destroy(prod), 0);
 }
 
+/* Errors about shared memory speak of shared memory: the texts of the
+ * codes it returns, and a real failure's message, never mention models. */
+static void test_errors_do_not_speak_of_models(void **state) {
+  (void)state;
+  static const int codes[] = {MS_EINVAL, MS_ENOMEM,  MS_EBUSY,  MS_ENOENT,
+                              MS_EIO,    MS_ENOSPC,  MS_EQUOTA, MS_EBADREGION,
+                              MS_ESTALE, MS_ENOTSUP, MS_EACCES, MS_ERANGE};
+  for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+    if (strstr(ms_strerror(codes[i]), "model") != NULL)
+      fail_msg("%s: \"%s\"", ms_err_name(codes[i]), ms_strerror(codes[i]));
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.dir = "/nonexistent-ms-test-dir";
+  ms_shm_t *shm = NULL;
+  assert_true(ms_shm_create(&o, &shm) < 0);
+  assert_null(shm);
+  const char *msg = ms_shm_errmsg(NULL);
+  assert_true(msg[0] != '\0');
+  if (strstr(msg, "model") != NULL)
+    fail_msg("ms_shm_create: \"%s\"", msg);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: test_shm PATH-TO-shm_helper\n");
@@ -749,6 +770,7 @@ int main(int argc, char **argv) {
   helper = argv[1];
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_errors_do_not_speak_of_models),
       cmocka_unit_test_setup_teardown(test_handoff_between_processes, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_read_only_consumer_faults, setup,

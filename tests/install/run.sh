@@ -18,6 +18,12 @@ test -f "$libdir/libmodelshare.a"
 # Only the public header is installed.
 [ "$(find "$prefix/include" -type f | wc -l)" -eq 1 ]
 
+# The public header needs no cJSON: its include dir must not reach users.
+if pkg-config --cflags modelshare | grep -q cjson; then
+  echo "pkg-config --cflags modelshare leaks cJSON: $(pkg-config --cflags modelshare)" >&2
+  exit 1
+fi
+
 cc=${CC:-cc}
 # shellcheck disable=SC2046
 "$cc" -std=c11 -Wall -Wextra -Werror "$src/consumer.c" -o "$work/pc_shared" \
@@ -35,4 +41,9 @@ cc=${CC:-cc}
 "$cmake" --build "$work/cmake-build" >/dev/null
 "$work/cmake-build/consumer_shared"
 "$work/cmake-build/consumer_static"
+# Nor through the CMake package: no cJSON include dir on any compile line.
+if grep -rq cjson "$work"/cmake-build/CMakeFiles/consumer_*.dir/flags.make; then
+  echo "the CMake package leaks cJSON's include dir" >&2
+  exit 1
+fi
 echo "install consumer: ok"
