@@ -228,6 +228,45 @@ static inline char *listing(const char *d) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Decoys                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Names the library never makes, to plant as decoys: each is appended to
+ * a prefix.  The issue's three come first. */
+static const char *const ms_test_near_miss[] = {
+    /* the three */
+    "ABCDEF0123456789.lock",
+    " +0x0e4627f794ad.lock",
+    "-e4627f794ad5df2.lock",
+    /* token look-alikes */
+    "0123456789abcde.lock",
+    "0123456789abcdef0.lock",
+    "0123456789abcdeg.lock",
+    "0123456789abcdef.lock~",
+    "0123456789abcdef.LOCK",
+    "0x23456789abcdef.lock",
+    /* region look-alikes */
+    "0123456789ABCDEF-0123456789abcdef0123456789abcdef",
+    "0123456789abcdef-0123456789abcdef0123456789abcdeF",
+    "0123456789abcdef_0123456789abcdef0123456789abcdef",
+    "0123456789abcdef-0123456789abcdef0123456789abcdef.tmp",
+    "0123456789abcdef-0123456789abcdef0123456789abcde",
+    "0123456789abcdef-0123456789abcdef0123456789abcdef0",
+    " 123456789abcdef-0123456789abcdef0123456789abcdef",
+    "+123456789abcdef-0123456789abcdef0123456789abcdef",
+};
+#define MS_TEST_NEAR_MISS                                                      \
+  (sizeof(ms_test_near_miss) / sizeof(ms_test_near_miss[0]))
+/* Token look-alikes of the new prefix-independent form. */
+static const char *const ms_test_near_miss_tok[] = {
+    "mstok-ABCDEF0123456789.lock", "mstok- +0x0e4627f794ad.lock",
+    "mstok--e4627f794ad5df2.lock", "mstok-0123456789abcdef.lock.bak",
+    "mstok-0123456789abcde.lock",  "mstok-0123456789abcdef0.lock",
+};
+#define MS_TEST_NEAR_MISS_TOK                                                  \
+  (sizeof(ms_test_near_miss_tok) / sizeof(ms_test_near_miss_tok[0]))
+
+/* ------------------------------------------------------------------------ */
 /* A tmpfs of our own                                                        */
 /* ------------------------------------------------------------------------ */
 

@@ -277,36 +277,10 @@ test_bug1_other_prefix_last_release_keeps_pooled_region(void **state) {
 /* Bug 2: the sweep unlinks only names the library makes                     */
 /* ------------------------------------------------------------------------ */
 
-static const char *const near_miss[] = {
-    /* the three */
-    "ABCDEF0123456789.lock",
-    " +0x0e4627f794ad.lock",
-    "-e4627f794ad5df2.lock",
-    /* token look-alikes */
-    "0123456789abcde.lock",
-    "0123456789abcdef0.lock",
-    "0123456789abcdeg.lock",
-    "0123456789abcdef.lock~",
-    "0123456789abcdef.LOCK",
-    "0x23456789abcdef.lock",
-    /* region look-alikes */
-    "0123456789ABCDEF-0123456789abcdef0123456789abcdef",
-    "0123456789abcdef-0123456789abcdef0123456789abcdeF",
-    "0123456789abcdef_0123456789abcdef0123456789abcdef",
-    "0123456789abcdef-0123456789abcdef0123456789abcdef.tmp",
-    "0123456789abcdef-0123456789abcdef0123456789abcde",
-    "0123456789abcdef-0123456789abcdef0123456789abcdef0",
-    " 123456789abcdef-0123456789abcdef0123456789abcdef",
-    "+123456789abcdef-0123456789abcdef0123456789abcdef",
-};
-#define NEAR_MISS (sizeof(near_miss) / sizeof(near_miss[0]))
-/* Token look-alikes of the new prefix-independent form. */
-static const char *const near_miss_tok[] = {
-    "mstok-ABCDEF0123456789.lock", "mstok- +0x0e4627f794ad.lock",
-    "mstok--e4627f794ad5df2.lock", "mstok-0123456789abcdef.lock.bak",
-    "mstok-0123456789abcde.lock",  "mstok-0123456789abcdef0.lock",
-};
-#define NEAR_MISS_TOK (sizeof(near_miss_tok) / sizeof(near_miss_tok[0]))
+#define near_miss ms_test_near_miss
+#define near_miss_tok ms_test_near_miss_tok
+#define NEAR_MISS MS_TEST_NEAR_MISS
+#define NEAR_MISS_TOK MS_TEST_NEAR_MISS_TOK
 
 /* Creates the decoys in d (prefix + near_miss, and the token look-alikes),
  * and a child that holds an exclusive flock on each; returns its pid.  The
