@@ -78,7 +78,7 @@ static inline peer peer_start(const char *exe, peer_cfg c) {
       strncmp(line, "ready", 5) != 0) {
     fclose(p.in), fclose(p.out);
     waitpid(pid, NULL, 0);
-    p.pid = -1;
+    p = (peer){-1, NULL, NULL};
   }
   return p;
 }

@@ -24,12 +24,13 @@
  *   - at the end, after every worker has exited and one sweep per prefix,
  *     no region or token is left.
  *
- * MS_MODEL_SKIP (diagnostics: "decoys", "fork", "writable") leaves parts out
- * to look past a known bug on an old build.
+ * MS_MODEL_SKIP (diagnostics: "decoys", "fork", "writable", "mixed" = one
+ * prefix and no pooling) leaves parts out to look past a known bug on an
+ * old build.
  *
  * Seeds: argv[2] or MS_SEED runs that one seed; otherwise seeds are drawn
  * from the clock and run one after another for MS_MODEL_SECONDS (default
- * 120), each for at most MS_MODEL_STEPS steps (default 600).  Every seed is
+ * 120), each for at most MS_MODEL_STEPS steps (default 2000).  Every seed is
  * printed; a failure prints the seed, the step and the last operations.
  * Everything a step does is chosen from the seed (kill points by step
  * number), so a seed replays the same operations, up to the scheduling of
@@ -109,7 +110,7 @@ static worker W[MAXW];
 static char dir[64];
 static uint64_t cur_seed;
 static int step;
-static int decoys_on, forks_on, writable_check;
+static int decoys_on, forks_on, writable_check, mixed_on;
 static pid_t locker = -1;
 static int locker_fd = -1;
 
@@ -198,6 +199,8 @@ static void random_config(worker *x) {
   static const unsigned long long caches[] = {0, 1, 64};
   x->prefix = (int)below(NPREFIX);
   x->pool = pools[below(3)];
+  if (!mixed_on)
+    x->prefix = 0, x->pool = 0;
   x->cache = caches[below(3)];
   x->cache_bytes = below(2) ? 1ull << 30 : 2u << 20;
   x->quota = below(3) == 0;
@@ -754,15 +757,17 @@ static void test_model_random_configs(void **state) {
   if (ms_test_argv[1] != NULL && ms_test_argv[2] != NULL)
     s = ms_test_argv[2];
   const char *e = getenv("MS_MODEL_STEPS");
-  int max_steps = e != NULL ? atoi(e) : 600;
+  int max_steps = e != NULL ? atoi(e) : 2000;
   e = getenv("MS_MODEL_SECONDS");
   double seconds = e != NULL ? atof(e) : 120;
   /* Diagnostics only (to look past one known bug on an old build):
-   * MS_MODEL_SKIP lists parts to leave out: decoys, fork, writable. */
+   * MS_MODEL_SKIP lists parts to leave out: decoys, fork, writable, mixed
+   * (one prefix, no pooling). */
   const char *skip = getenv("MS_MODEL_SKIP") ? getenv("MS_MODEL_SKIP") : "";
   decoys_on = strstr(skip, "decoys") == NULL;
   forks_on = strstr(skip, "fork") == NULL;
   writable_check = strstr(skip, "writable") == NULL;
+  mixed_on = strstr(skip, "mixed") == NULL;
   double t0 = (double)uv_hrtime() / 1e9;
   int seeds = 0;
   if (s != NULL) {
