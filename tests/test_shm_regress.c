@@ -677,6 +677,124 @@ static void test_bug4_sweep_spares_region_under_creation(void **state) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Bug 5: a region whose kill backed off is not forgotten                    */
+/* ------------------------------------------------------------------------ */
+
+/* The producer: a pool with room for one region, allocations of two sizes
+ * (so released regions overflow it and are killed), each descriptor
+ * published on `out` a random moment before its release, then waiting for
+ * the consumer's acknowledgement on `ack`.  At the end it checks that
+ * every region of its prefix in dir is one its stats know (active or
+ * pooled): exit 2 if some region was forgotten. */
+static int leak_producer(int iterations, int out, int ack) {
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.dir = dir;
+  o.pool_bytes = 65536 + 4096;
+  ms_shm_t *p = NULL;
+  if (ms_shm_create(&o, &p) != 0)
+    return 3;
+  unsigned r = 12345;
+  for (int i = 0; i < iterations; i++) {
+    int64_t shape[1] = {i % 2 ? 20000 : 60000};
+    ms_tensor_t *t = NULL;
+    if (ms_tensor_alloc(p, MS_DTYPE_UINT8, 1, shape, NULL, &t) != 0)
+      continue;
+    char desc[MS_DESCRIPTOR_MAX + 1];
+    (void)ms_tensor_descriptor(t, desc, MS_DESCRIPTOR_MAX);
+    size_t n = strlen(desc);
+    desc[n] = '\n';
+    if (write(out, desc, n + 1) != (ssize_t)(n + 1))
+      return 6;
+    r = r * 1103515245u + 12345u;
+    for (volatile unsigned spin = (r >> 12) % 40000; spin > 0; spin--)
+      ;
+    ms_tensor_release(t);
+    char c;
+    if (read(ack, &c, 1) != 1)
+      return 7;
+  }
+  close(out);
+  /* A sweep settles the pool (a refresh), then compare. */
+  ms_shm_stats_t s = MS_SHM_STATS_INIT;
+  if (ms_shm_sweep(p, NULL) != 0 || ms_shm_stats(p, &s) != 0)
+    return 4;
+  int files = count_regions(dir, "ms-");
+  if ((uint64_t)files != s.regions_active + s.regions_pooled) {
+    fprintf(stderr,
+            "producer: %d regions in the namespace, stats know %llu active "
+            "+ %llu pooled\n",
+            files, (unsigned long long)s.regions_active,
+            (unsigned long long)s.regions_pooled);
+    return 2;
+  }
+  return ms_shm_destroy(p) == 0 ? 0 : 5;
+}
+
+/* Issue 9, bug 5.  A consumer opens each descriptor the moment it is
+ * published, racing the producer's release, whose pool refresh kills the
+ * region that does not fit: when the kill backs off because the consumer
+ * got a slot, the producer must not forget the region (it would stay in
+ * the namespace until the producer exits). */
+static void bug5_round(int iterations);
+
+static void test_bug5_backed_off_kill_keeps_region(void **state) {
+  (void)state;
+  /* The race is narrow: several rounds, each with fresh processes. */
+  for (int round = 0; round < 3; round++)
+    bug5_round(30000);
+}
+
+static void bug5_round(int iterations) {
+  int descs[2], acks[2];
+  assert_int_equal(pipe(descs), 0);
+  assert_int_equal(pipe(acks), 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t prod = fork();
+  assert_true(prod >= 0);
+  if (prod == 0) {
+    close(descs[0]), close(acks[1]);
+    _exit(leak_producer(iterations, descs[1], acks[0]));
+  }
+  close(descs[1]), close(acks[0]);
+  pid_t cons = fork();
+  assert_true(cons >= 0);
+  if (cons == 0) {
+    ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+    o.dir = dir;
+    o.prefix = "ms-"; /* same prefix: a different one hides it (bug 1) */
+    ms_shm_t *c = NULL;
+    if (ms_shm_create(&o, &c) != 0)
+      _exit(3);
+    FILE *f = fdopen(descs[0], "r");
+    char line[128];
+    unsigned r = 777;
+    while (fgets(line, sizeof(line), f) != NULL) {
+      line[strcspn(line, "\n")] = '\0';
+      ms_tensor_t *t = NULL;
+      if (ms_tensor_open(c, line, 0, &t) == 0) {
+        r = r * 1103515245u + 12345u;
+        for (volatile unsigned spin = (r >> 16) % 2000; spin > 0; spin--)
+          ;
+        ms_tensor_release(t);
+      }
+      if (write(acks[1], "a", 1) != 1)
+        _exit(6);
+    }
+    _exit(ms_shm_destroy(c) == 0 ? 0 : 5);
+  }
+  close(descs[0]), close(acks[1]);
+  int st = 0;
+  assert_int_equal(waitpid(prod, &st, 0), prod);
+  if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+    fail_msg("producer status %#x: a region it created was forgotten", st);
+  int cst = 0;
+  assert_int_equal(waitpid(cons, &cst, 0), cons);
+  assert_true(WIFEXITED(cst) && WEXITSTATUS(cst) == 0);
+  assert_int_equal(count_regions(dir, "ms-"), 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Bug 6: a full holder table                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -1299,6 +1417,7 @@ int main(int argc, char **argv) {
       T(test_bug3_fork_child_release_keeps_parent_slot),
       T(test_bug3_fork_child_inherited_calls_refused),
       T(test_bug4_sweep_spares_region_under_creation),
+      T(test_bug5_backed_off_kill_keeps_region),
       T(test_bug6_full_holder_table_fails_cleanly),
       T(test_bug7_sweep_spares_held_region_it_cannot_open),
       T(test_bug8_released_descriptor_never_opens),
