@@ -135,17 +135,17 @@ static void kill_left_peers(void) {
 }
 
 /* The reply of a command that must succeed. */
-static void must(peer *p, char *reply, size_t len, const char *what, int rc) {
+/* A peer command that must succeed (reply: its reply line). */
+static void must(const char *what, const char *reply, int rc) {
   if (rc != 0)
     fail_msg("%s: %s", what, reply);
-  (void)p, (void)len;
 }
 
 static int peer_alloc(peer *p, size_t n, uint64_t seed, char *desc) {
   char r[256];
   int id = -1;
   must(
-      p, r, sizeof(r), "peer alloc",
+      "peer alloc", r,
       peer_cmd(p, r, sizeof(r), "alloc %zu %llu", n, (unsigned long long)seed));
   assert_int_equal(parse_alloc(r, &id, desc), 0);
   return id;
@@ -162,13 +162,12 @@ static int peer_open(peer *p, const char *desc, int w, int *id) {
 
 static void peer_release(peer *p, int id) {
   char r[256];
-  must(p, r, sizeof(r), "peer release",
-       peer_cmd(p, r, sizeof(r), "release %d", id));
+  must("peer release", r, peer_cmd(p, r, sizeof(r), "release %d", id));
 }
 
 static void peer_quit(peer *p) {
   char r[256];
-  must(p, r, sizeof(r), "peer quit", peer_cmd(p, r, sizeof(r), "quit"));
+  must("peer quit", r, peer_cmd(p, r, sizeof(r), "quit"));
   int st = end_peer(p, 0);
   assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
@@ -223,8 +222,7 @@ static void test_bug1_mixed_prefix_held_frame_is_not_recycled(void **state) {
     peer_release(&prod, pid);
     /* A second producer with the producer's prefix starts up. */
     peer second = start(d, pp, 256u << 20);
-    must(&second, r, sizeof(r), "sweep",
-         peer_cmd(&second, r, sizeof(r), "sweep"));
+    must("sweep", r, peer_cmd(&second, r, sizeof(r), "sweep"));
     /* The producer's next frame of the same size. */
     (void)peer_alloc(&prod, 1u << 20, 22, d2);
     int rc = peer_cmd(&cons, r, sizeof(r), "verify %d 11", cid);
@@ -260,7 +258,7 @@ test_bug1_other_prefix_last_release_keeps_pooled_region(void **state) {
                cons_prefix[i]);
     (void)peer_alloc(&prod, 65536, 6, desc);
     unsigned long long s[6] = {0};
-    must(&prod, r, sizeof(r), "stats", peer_cmd(&prod, r, sizeof(r), "stats"));
+    must("stats", r, peer_cmd(&prod, r, sizeof(r), "stats"));
     assert_int_equal(sscanf(r, "ok %llu %llu %llu %llu %llu %llu", &s[0], &s[1],
                             &s[2], &s[3], &s[4], &s[5]),
                      6);
@@ -806,7 +804,7 @@ static void bug5_round(int iterations) {
 static void test_bug6_full_holder_table_fails_cleanly(void **state) {
   (void)state;
   peer prod = start(dir, "ms-", 256u << 20);
-  char desc[MS_DESCRIPTOR_MAX], desc2[MS_DESCRIPTOR_MAX], r[256];
+  char desc[MS_DESCRIPTOR_MAX], desc2[MS_DESCRIPTOR_MAX];
   int pid = peer_alloc(&prod, 8192, 61, desc);
   ms_shm_t *h[64] = {0};
   ms_tensor_t *t[64] = {0};
@@ -844,7 +842,6 @@ static void test_bug6_full_holder_table_fails_cleanly(void **state) {
     assert_int_equal(ms_shm_destroy(h[i]), 0);
   peer_quit(&extra);
   peer_release(&prod, pid);
-  (void)r;
   peer_quit(&prod);
   assert_int_equal(count_regions(dir, "ms-"), 0);
 }
