@@ -21,8 +21,10 @@
  *                                          stdout per verified frame; exit 2
  *                                          on torn data
  *
- * DIR "-" means the default namespace.  Exit status: 0 ok, 2 wrong data,
- * 10 + (-error code) when a library call fails.
+ * DIR "-" means the default namespace.  The environment variables
+ * MS_HELPER_PREFIX and MS_HELPER_POOL set the allocator's prefix and
+ * pool_bytes.  Exit status: 0 ok, 2 wrong data, 10 + (-error code) when a
+ * library call fails.
  */
 #include "modelshare.h"
 
@@ -54,6 +56,11 @@ static void plain_crashes(void) {}
 static ms_shm_t *shm_open_dir(const char *dir) {
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
   o.dir = strcmp(dir, "-") == 0 ? NULL : dir;
+  /* The storm varies the configuration per process. */
+  if (getenv("MS_HELPER_PREFIX") != NULL)
+    o.prefix = getenv("MS_HELPER_PREFIX");
+  if (getenv("MS_HELPER_POOL") != NULL)
+    o.pool_bytes = strtoull(getenv("MS_HELPER_POOL"), NULL, 0);
   ms_shm_t *shm = NULL;
   int rc = ms_shm_create(&o, &shm);
   if (rc != 0) {

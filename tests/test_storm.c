@@ -1,7 +1,9 @@
 /* Fault storm: producer and consumer processes killed with SIGKILL at
  * random points, hundreds of times.  No consumer may crash or read a torn
  * frame it was handed as complete, and after a sweep not one region may be
- * left behind. */
+ * left behind.  It runs once per configuration: producer and consumer with
+ * the same or different prefixes, pooling on or off on either side (issue
+ * 9: liveness must not depend on the observer's configuration). */
 #include "test_util.h"
 
 #include <dirent.h>
@@ -16,7 +18,17 @@
 static const char *helper;
 static char dir[64];
 
-static pid_t spawn(const char *const *args, int in_fd, int out_fd) {
+/* One process's allocator configuration. */
+typedef struct side {
+  const char *prefix;
+  const char *pool_bytes;
+} side;
+
+typedef struct storm_cfg {
+  side prod, cons;
+} storm_cfg;
+
+static pid_t spawn(const char *const *args, int in_fd, int out_fd, side s) {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
@@ -24,6 +36,8 @@ static pid_t spawn(const char *const *args, int in_fd, int out_fd) {
     dup2(out_fd, 1);
     for (int fd = 3; fd < 64; fd++)
       close(fd);
+    setenv("MS_HELPER_PREFIX", s.prefix, 1);
+    setenv("MS_HELPER_POOL", s.pool_bytes, 1);
     setenv("ASAN_OPTIONS", "detect_leaks=0", 1); /* killed mid-flight */
     execv(helper, (char *const *)args);
     _exit(127);
@@ -47,8 +61,7 @@ static int count(const char *suffix, int want_suffix) {
   return n;
 }
 
-static void test_kill9_storm(void **state) {
-  (void)state;
+static void storm(const storm_cfg *cfg) {
   const char *env = getenv("MS_STORM_ITERATIONS");
   const int iterations = env != NULL ? atoi(env) : 250;
   (void)snprintf(dir, sizeof(dir), "/dev/shm/ms-storm-XXXXXX");
@@ -69,10 +82,10 @@ static void test_kill9_storm(void **state) {
     if (prod < 0) {
       (void)snprintf(seed, sizeof(seed), "%d", it + 1);
       prod_args[3] = seed;
-      prod = spawn(prod_args, devnull, lines[1]);
+      prod = spawn(prod_args, devnull, lines[1], cfg->prod);
     }
     if (cons < 0)
-      cons = spawn(cons_args, lines[0], acks[1]);
+      cons = spawn(cons_args, lines[0], acks[1], cfg->cons);
     r = r * 1103515245u + 12345u;
     uv_sleep((r >> 16) % 20); /* 0..19 ms: any phase of either process */
     char buf[4096];
@@ -114,25 +127,58 @@ static void test_kill9_storm(void **state) {
   close(lines[0]), close(lines[1]), close(acks[0]), close(acks[1]);
   close(devnull);
 
-  print_message("%d iterations, %ld kills, %ld frames verified by consumers, "
-                "%d regions and %d tokens left by the dead\n",
-                iterations, kills, verified, count(".lock", 0),
-                count(".lock", 1));
+  print_message("producer %s pool %s, consumer %s pool %s: %d iterations, "
+                "%ld kills, %ld frames verified by consumers, %d regions and "
+                "%d tokens left by the dead\n",
+                cfg->prod.prefix, cfg->prod.pool_bytes, cfg->cons.prefix,
+                cfg->cons.pool_bytes, iterations, kills, verified,
+                count(".lock", 0), count(".lock", 1));
   assert_int_equal(failures, 0);
   assert_true(verified > 0); /* the storm did exercise hand-offs */
 
-  /* Everyone is dead: one allocator's creation sweeps, one more sweep for
-   * good measure, and nothing of theirs is left. */
-  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
-  o.dir = dir;
-  ms_shm_t *shm = NULL;
-  assert_int_equal(ms_shm_create(&o, &shm), 0);
-  assert_int_equal(ms_shm_sweep(shm, NULL), 0);
+  /* Everyone is dead: an allocator per prefix (its creation sweeps), one
+   * more sweep each for good measure, and nothing of theirs is left. */
+  const char *prefixes[2] = {cfg->prod.prefix, cfg->cons.prefix};
+  int n = strcmp(prefixes[0], prefixes[1]) == 0 ? 1 : 2;
+  ms_shm_t *shm[2] = {NULL, NULL};
+  for (int i = 0; i < n; i++) {
+    ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+    o.dir = dir;
+    o.prefix = prefixes[i];
+    assert_int_equal(ms_shm_create(&o, &shm[i]), 0);
+  }
+  for (int i = 0; i < n; i++)
+    assert_int_equal(ms_shm_sweep(shm[i], NULL), 0);
   assert_int_equal(count(".lock", 0), 0); /* regions */
-  assert_int_equal(count(".lock", 1), 1); /* our own token */
-  assert_int_equal(ms_shm_destroy(shm), 0);
+  assert_int_equal(count(".lock", 1), n); /* our own tokens */
+  for (int i = 0; i < n; i++)
+    assert_int_equal(ms_shm_destroy(shm[i]), 0);
   assert_int_equal(count("", 1), 0);
   assert_int_equal(rmdir(dir), 0);
+}
+
+static const storm_cfg configs[] = {
+    {{"ms-", "268435456"}, {"ms-", "268435456"}}, /* the original storm */
+    {{"ms-", "268435456"}, {"c-", "0"}},          /* mixed prefixes */
+    {{"a-", "0"}, {"bb_", "268435456"}},          /* pool off, mixed */
+    {{"bb_", "0"}, {"bb_", "0"}},                 /* pool off everywhere */
+};
+
+static void test_kill9_storm_same_prefix_pooled(void **state) {
+  (void)state;
+  storm(&configs[0]);
+}
+static void test_kill9_storm_mixed_prefix(void **state) {
+  (void)state;
+  storm(&configs[1]);
+}
+static void test_kill9_storm_mixed_prefix_producer_unpooled(void **state) {
+  (void)state;
+  storm(&configs[2]);
+}
+static void test_kill9_storm_unpooled(void **state) {
+  (void)state;
+  storm(&configs[3]);
 }
 
 int main(int argc, char **argv) {
@@ -142,6 +188,11 @@ int main(int argc, char **argv) {
   }
   helper = argv[1];
   signal(SIGPIPE, SIG_IGN);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_kill9_storm)};
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_kill9_storm_same_prefix_pooled),
+      cmocka_unit_test(test_kill9_storm_mixed_prefix),
+      cmocka_unit_test(test_kill9_storm_mixed_prefix_producer_unpooled),
+      cmocka_unit_test(test_kill9_storm_unpooled),
+  };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
