@@ -142,13 +142,33 @@ static void test_serialize_bad_input(void **state) {
 /* Builds a stream from a header and a data length, then expects it to be
  * refused.  The buffer is allocated to its exact size, so that ASan catches
  * any read past it. */
-static void expect_bad(const char *header, size_t data_len, const char *why) {
-  size_t hl = strlen(header);
+static unsigned char *make_stream(const char *header, size_t hl,
+                                   size_t data_len) {
   unsigned char *buf = malloc(8 + hl + data_len);
   for (int i = 0; i < 8; i++)
     buf[i] = (unsigned char)((uint64_t)hl >> (8 * i));
   memcpy(buf + 8, header, hl);
   memset(buf + 8 + hl, 0, data_len);
+  return buf;
+}
+
+/* The same stream through ms_tensor_deserialize_into(): refused the same
+ * way, and the destination is left untouched. */
+static void expect_bad_into(const unsigned char *buf, size_t len,
+                            const char *why) {
+  const float keep[2] = {7, 8};
+  int64_t shape[1] = {2};
+  ms_tensor_t *dst = heap_tensor(MS_DTYPE_FLOAT32, 1, shape, keep);
+  assert_int_equal(ms_tensor_deserialize_into(buf, len, dst), MS_EBADREGION);
+  if (strstr(ms_shm_errmsg(NULL), why) == NULL)
+    fail_msg("into: message \"%s\" lacks \"%s\"", ms_shm_errmsg(NULL), why);
+  assert_memory_equal(ms_tensor_data(dst), keep, sizeof(keep));
+  ms_tensor_release(dst);
+}
+
+static void expect_bad(const char *header, size_t data_len, const char *why) {
+  size_t hl = strlen(header);
+  unsigned char *buf = make_stream(header, hl, data_len);
   ms_tensor_t *t = NULL;
   int rc = ms_tensor_deserialize(NULL, buf, 8 + hl + data_len, &t);
   if (rc != MS_EBADREGION)
@@ -156,6 +176,7 @@ static void expect_bad(const char *header, size_t data_len, const char *why) {
   assert_null(t);
   if (strstr(ms_shm_errmsg(NULL), why) == NULL)
     fail_msg("message \"%s\" lacks \"%s\"", ms_shm_errmsg(NULL), why);
+  expect_bad_into(buf, 8 + hl + data_len, why);
   free(buf);
 }
 
@@ -167,6 +188,7 @@ static void expect_bad_raw(const unsigned char *buf, size_t len,
   assert_int_equal(ms_tensor_deserialize(NULL, copy, len, &t), MS_EBADREGION);
   assert_null(t);
   assert_non_null(strstr(ms_shm_errmsg(NULL), why));
+  expect_bad_into(copy, len, why);
   free(copy);
 }
 
@@ -194,9 +216,11 @@ static void test_hostile_streams(void **state) {
   expect_bad("{\"a\":{" OK_FIELDS "},\"b\":{" OK_FIELDS "}}", 8,
              "more than one tensor");
   expect_bad(ENTRY("[1]"), 8, "not an object");
+  expect_bad(ENTRY("{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2]}"), 8,
+             "unique keys");
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2],"
                    "\"data_offsets\":[0,8]}"),
-             8, "unique keys");
+             8, "more than 3 fields");
   expect_bad(
       ENTRY("{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}"), 2,
       "unsupported dtype");
@@ -235,9 +259,18 @@ static void test_hostile_streams(void **state) {
              8, "do not match");
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}"), 8,
              "data_offsets");
+  expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],\"extra\":1}"), 8,
+             "unknown tensor field");
   expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],"
                    "\"extra\":1}"),
-             8, "unknown tensor field");
+             8, "more than 3 fields");
+  expect_bad("{\"a\":1,\"b\":2,\"c\":3}", 0, "more than 2 root members");
+  expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[[[2]]],"
+                   "\"data_offsets\":[0,8]}"),
+             8, "deeper than 3");
+  expect_bad(ENTRY("{\"dtype\":\"F32\",\"shape\":[2],"
+                   "\"data_offsets\":[0,8,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}"),
+             8, "more than 16 elements");
   expect_bad("{\"__metadata__\":[1],\"t\":{" OK_FIELDS "}}", 8,
              "__metadata__ is not an object");
   expect_bad("{\"__metadata__\":{\"k\":1},\"t\":{" OK_FIELDS "}}", 8,
