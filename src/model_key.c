@@ -280,6 +280,12 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
   if (len >= 3 && memcmp(json, "\xef\xbb\xbf", 3) == 0) {
     json += 3; /* a UTF-8 byte order mark is ignored, as RFC 8259 allows */
     len -= 3;
+    if (len >= 3 && memcmp(json, "\xef\xbb\xbf", 3) == 0) {
+      /* cJSON would skip a second one too: refuse it here. */
+      (void)snprintf(errbuf, errlen,
+                     "malformed config JSON: a second byte order mark");
+      return MS_EINVAL;
+    }
   }
   size_t ws = 0;
   while (ws < len && strchr(" \t\r\n", json[ws]) != NULL)

@@ -119,6 +119,7 @@ static void test_config_invalid(void **state) {
       "[1111111111111111111111111111111111111111111111111111111111111111]",
       "over the 63 limit");
   expect_invalid("{\x01\"a\":1}", "control byte 0x01 at byte 1");
+  expect_invalid("\xef\xbb\xbf\xef\xbb\xbf{}", "second byte order mark");
   /* Nesting deeper than cJSON's limit is refused, not a stack overflow. */
   char deep[4200];
   for (int i = 0; i < 2000; i++)

@@ -102,7 +102,10 @@ static int str(rd *r, char **out, size_t *olen) {
   if (r->i >= r->n || r->s[r->i] != '"')
     return 0;
   r->i++;
-  char *buf = malloc(r->n - r->i + 1); /* decoding never grows the text */
+  size_t e = r->i; /* the raw text's extent; decoding never grows it */
+  while (e < r->n && r->s[e] != '"')
+    e += r->s[e] == '\\' ? 2 : 1;
+  char *buf = malloc(e - r->i + 1);
   size_t len = 0;
   while (r->i < r->n && r->s[r->i] != '"') {
     char c = r->s[r->i++];
@@ -156,10 +159,12 @@ static int keycmp(const void *a, const void *b) {
 static jv *value(rd *r);
 
 static int add(jv *v, jv *kid) {
-  jv **k = realloc(v->kids, (v->nkids + 1) * sizeof(*k));
-  if (k == NULL)
-    return 0;
-  v->kids = k;
+  if ((v->nkids & (v->nkids - 1)) == 0) { /* 0, 1, 2, 4...: double */
+    jv **k = realloc(v->kids, (v->nkids ? 2 * v->nkids : 1) * sizeof(*k));
+    if (k == NULL)
+      return 0;
+    v->kids = k;
+  }
   v->kids[v->nkids++] = kid;
   return 1;
 }
