@@ -230,7 +230,7 @@ static int json_uint(const cJSON *v, uint64_t *out) {
 
 /* Few members each (the pre-scan bounds them), so pairwise is cheap. */
 static int has_duplicate_keys(const cJSON *obj) {
-  for (const cJSON *a = obj->child; a != NULL; a = a->next)
+  for (const cJSON *a = obj != NULL ? obj->child : NULL; a != NULL; a = a->next)
     for (const cJSON *b = a->next; b != NULL; b = b->next)
       if (strcmp(a->string, b->string) == 0)
         return 1;
@@ -291,7 +291,7 @@ static int prescan(ms_shm_t *shm, const char *s, size_t n) {
 
 static int decode_entry(ms_shm_t *shm, const cJSON *e, ms_dtype_t *dtype,
                         int *ndim, int64_t *shape, size_t *nbytes) {
-  if (!cJSON_IsObject(e) || has_duplicate_keys(e))
+  if (e == NULL || !cJSON_IsObject(e) || has_duplicate_keys(e))
     return bad(shm, "tensor entry is not an object with unique keys");
   const cJSON *dt = NULL, *sh = NULL, *off = NULL;
   for (const cJSON *c = e->child; c != NULL; c = c->next) {
@@ -422,7 +422,7 @@ int ms_tensor_deserialize(ms_shm_t *shm, const void *buf, size_t len,
                           ms_tensor_t **out) {
   if (buf == NULL || out == NULL)
     return none_err(shm, MS_EINVAL, "NULL argument");
-  st_header h;
+  st_header h = {0};
   int rc = stream_decode(shm, buf, len, &h);
   if (rc != 0)
     return rc;
@@ -452,8 +452,7 @@ int ms_tensor_parse_header(const void *buf, size_t len, ms_dtype_t *dtype,
     *header_len = need;
     return none_err(NULL, MS_ERANGE, "the header needs more bytes");
   }
-  st_header h;
-  h.header_len = need;
+  st_header h = {.header_len = need};
   rc = header_decode(NULL, buf, &h);
   if (rc != 0)
     return rc;
@@ -470,7 +469,7 @@ int ms_tensor_deserialize_into(const void *buf, size_t len, ms_tensor_t *dst) {
     return none_err(NULL, MS_EINVAL, "NULL argument");
   if (!dst->writable)
     return none_err(NULL, MS_EACCES, "the destination tensor is read-only");
-  st_header h;
+  st_header h = {0};
   int rc = stream_decode(NULL, buf, len, &h);
   if (rc != 0)
     return rc;
