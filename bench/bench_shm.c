@@ -455,6 +455,11 @@ int msb_shm(const msb_opts *o, cJSON *root) {
  *   copy N\n<N bytes>           -> "<ns> <sum>"  raw bytes into a buffer
  *       kept from frame to frame
  * Either way the consumer then reads every byte, as for "open". */
+static int vision_fail(int status, const char *why) {
+  fprintf(stderr, "modelshare-bench consumer: %s\n", why);
+  return status;
+}
+
 static int vision_peer(ms_shm_t *shm, const char *line) {
   static ms_tensor_t *dst;
   static unsigned char *buf, hdr[8 + MS_SAFETENSORS_HEADER_MAX];
@@ -472,29 +477,29 @@ static int vision_peer(ms_shm_t *shm, const char *line) {
     int64_t shape[MS_MAX_NDIM];
     size_t hl = 8, dl = 0;
     if (fread(hdr, 1, 8, stdin) != 8)
-      return 3;
+      return vision_fail(3, "short read");
     int rc = ms_tensor_parse_header(hdr, 8, &dt, &nd, shape, &hl, &dl);
     if (rc == MS_ERANGE && fread(hdr + 8, 1, hl - 8, stdin) == hl - 8)
       rc = ms_tensor_parse_header(hdr, hl, &dt, &nd, shape, &hl, &dl);
     if (rc != 0)
-      return 4;
+      return vision_fail(4, ms_shm_errmsg(NULL));
     if (dst == NULL || ms_tensor_dtype(dst) != dt ||
         ms_tensor_ndim(dst) != nd ||
         memcmp(ms_tensor_shape(dst), shape, (size_t)nd * sizeof(*shape))) {
       ms_tensor_release(dst);
       dst = NULL;
       if (ms_tensor_alloc(shm, dt, nd, shape, "vision", &dst) != 0)
-        return 5;
+        return vision_fail(5, ms_shm_errmsg(shm));
     }
     if (fread(ms_tensor_data(dst), 1, dl, stdin) != dl)
-      return 3;
+      return vision_fail(3, "short read");
     sum = msb_read_all(ms_tensor_data(dst), dl);
   } else if (strncmp(line, "copy ", 5) == 0) {
     size_t n = strtoull(line + 5, NULL, 10);
     buf = grow(buf, &cap, n);
     t0 = uv_hrtime();
     if (fread(buf, 1, n, stdin) != n)
-      return 3;
+      return vision_fail(3, "short read");
     sum = msb_read_all(buf, n);
   } else {
     return 0; /* not ours */
