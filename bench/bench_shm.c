@@ -628,15 +628,15 @@ int msb_vision(const msb_opts *o, cJSON *root) {
   printf("\n== Vision pipeline: %zu MiB frames, producer -> consumer reading "
          "every byte (medians of %d x %d frames) ==\n",
          o->vision_mib, reps, frames);
-  printf("shared memory                                   %8.1f fps\n",
+  printf("shared memory                                        %8.1f fps\n",
          fps_shm);
-  printf("safetensors, allocating per call (pipe)         %8.1f fps  "
+  printf("pipe: safetensors, allocating per call               %8.1f fps  "
          "shm %.1fx  %s (>= 12x, reported)\n",
          fps_ser, speedup, msb_pass(speedup >= 12));
-  printf("safetensors fast: writev, decode into a reused  %8.1f fps  "
+  printf("pipe: safetensors fast (writev, into a reused tensor)%8.1f fps  "
          "shm %.1fx\n",
          fps_fast, fps_shm / fps_fast);
-  printf("plain copy over the pipe, reused buffers        %8.1f fps  "
+  printf("pipe: plain copy, reused buffers                     %8.1f fps  "
          "shm %.1fx\n",
          fps_copy, fps_shm / fps_copy);
   printf("shared memory vs the best pipe baseline: %.1fx  %s (>= 5x at 100 "
