@@ -89,9 +89,12 @@ static cJSON *metadata_parse(const char *json) {
   return m;
 }
 
-/* The JSON header of t (cJSON-allocated, unpadded) in *text. */
-static int header_json(const ms_tensor_t *t, const char *name,
-                       const char *metadata_json, char **text) {
+/* The JSON header of t (cJSON-allocated, unpadded) in *text, its length and
+ * its length padded to 8 bytes; MS_EINVAL also when metadata makes it
+ * longer than the decoder accepts. */
+static int header_encode(const ms_tensor_t *t, const char *name,
+                         const char *metadata_json, char **text, size_t *hlen,
+                         size_t *padded) {
   if (name == NULL)
     name = "tensor";
   size_t nlen = strlen(name);
@@ -120,7 +123,15 @@ static int header_json(const ms_tensor_t *t, const char *name,
            add_u64_array(entry, "data_offsets", offsets, 2);
   *text = ok ? cJSON_PrintUnformatted(root) : NULL;
   cJSON_Delete(root);
-  return *text != NULL ? 0 : MS_ENOMEM;
+  if (*text == NULL)
+    return MS_ENOMEM;
+  *hlen = strlen(*text);
+  *padded = (*hlen + 7) / 8 * 8;
+  if (*padded > HEADER_MAX) {
+    cJSON_free(*text);
+    return MS_EINVAL;
+  }
+  return 0;
 }
 
 /* Writes the length prefix and the header padded with spaces to `padded`
@@ -132,23 +143,6 @@ static void header_write(unsigned char *out, const char *text, size_t hlen,
   // NOLINTNEXTLINE(bugprone-not-null-terminated-result): binary stream
   memcpy(out + 8, text, hlen);
   memset(out + 8 + hlen, ' ', padded - hlen);
-}
-
-/* The header text and its padded length; MS_EINVAL when metadata makes it
- * longer than the decoder accepts. */
-static int header_encode(const ms_tensor_t *t, const char *name,
-                         const char *metadata_json, char **text, size_t *hlen,
-                         size_t *padded) {
-  int rc = header_json(t, name, metadata_json, text);
-  if (rc != 0)
-    return rc;
-  *hlen = strlen(*text);
-  *padded = (*hlen + 7) / 8 * 8;
-  if (*padded > HEADER_MAX) {
-    cJSON_free(*text);
-    return MS_EINVAL;
-  }
-  return 0;
 }
 
 int ms_tensor_serialize_header(const ms_tensor_t *t, const char *name,
