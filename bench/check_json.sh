@@ -20,7 +20,8 @@ need = {
     "registry": ["model", "instances", "without", "with", "memory_reduction",
                  "limit", "hit_ns_median", "mutex_pair_ns_median"],
     "dedup": ["threads", "loads", "wall_ratio_vs_one_load"],
-    "vision": ["frame_bytes", "fps_shm", "fps_serialization", "speedup"],
+    "vision": ["frame_bytes", "fps_shm", "fps_serialization", "speedup",
+               "fps_serialization_fast", "fps_pipe_copy", "speedup_vs_best"],
 }
 for obj, keys in need.items():
     for k in keys:

@@ -157,8 +157,33 @@ MS_EXPORT int ms_replace_allocator(ms_malloc_func malloc_fn,
  *   - The path is made absolute and resolved (symlinks, "..") when the file
  *     exists; otherwise it is kept as given.
  *   - The config is JSON text.  It is parsed and re-serialised with object
- *     keys sorted recursively and no whitespace, so configs that differ only
- *     in key order or spacing name the same model.  NULL or "" means "{}".
+ *     keys sorted recursively (by the bytes of their UTF-8 text) and no
+ *     whitespace.  NULL, "" or only whitespace means "{}".
+ * Two configs name the same model exactly when they are the same JSON
+ * value, written the same way.  Ignored:
+ *   - the order of object keys:      {"a":1,"b":2} = {"b":2,"a":1}
+ *   - whitespace between tokens:     { "a" : [1, 2] } = {"a":[1,2]}
+ *   - string escapes that denote the same characters:
+ *                                    "\u0041\/" = "A/",
+ *                                    "\ud83d\ude00" = the UTF-8 of U+1F600
+ * Not ignored:
+ *   - number tokens, which are kept exactly as written (never rounded
+ *     through a double) and reach the loader as written:
+ *     1.0 != 1, 1e2 != 100, -0 != 0, 0.30000000000000004 != 0.3,
+ *     9007199254740993 stays 9007199254740993;
+ *   - array order and every character of strings and keys.
+ * Refused with MS_EINVAL (ms_key_errmsg() says why):
+ *   - anything that is not one JSON value (RFC 8259 grammar: no leading
+ *     zeros, "+1", ".5", "1.", NaN or trailing data; control bytes outside
+ *     strings);
+ *   - duplicate keys in an object;
+ *   - a number that does not fit a double: one that rounds to infinity
+ *     (magnitude about 1.8e308 or more, e.g. 1e400) or a non-zero one that
+ *     rounds to zero (e.g. 1e-400); denormals such as 1e-310 are accepted;
+ *   - a number token longer than 63 characters;
+ *   - "\u0000" in a string or key (and any \u escape not followed by four
+ *     hex digits);
+ *   - nesting deeper than 1000, or text over MS_CONFIG_MAX bytes.
  * Two keys are equal only if both strings are equal byte for byte; the 64-bit
  * hash is used for bucketing only, so a hash collision never returns the
  * wrong model.
@@ -181,9 +206,12 @@ typedef struct ms_key ms_key_t;
  * path: non-empty, at most MS_PATH_MAX bytes, no embedded NUL.
  * config_json: JSON text, NULL or "" for none.  Any JSON value is accepted
  *   (objects are the usual case).
- * On success *out owns a new key; free it with ms_key_destroy().
+ * On success *out owns a new key; free it with ms_key_destroy().  Its
+ *   config (ms_key_config()) is the canonical text described above: what
+ *   the loader receives.
  * Errors: MS_EINVAL (NULL path or out, empty or over-long path, malformed
- *   JSON: ms_key_errmsg() names the problem), MS_ENOMEM.
+ *   JSON or a refused value listed above: ms_key_errmsg() names the
+ *   problem and its byte offset), MS_ENOMEM.
  * Thread-safe.
  */
 MS_EXPORT int ms_key_create(const char *path, const char *config_json,
@@ -785,30 +813,120 @@ MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
 /* ------------------------------------------------------------------------ */
 
 /**
+ * Largest JSON header, in bytes after the 8-byte length prefix, that the
+ * encoder writes and the decoder accepts (64 KiB).  A single tensor needs
+ * under 2 KiB; the rest is room for "__metadata__".  The cap bounds the
+ * decoder's work: decoding n bytes costs O(n) time and memory.
+ */
+#define MS_SAFETENSORS_HEADER_MAX 65536
+
+/**
  * Encodes t as a single-tensor safetensors stream: an 8-byte little-endian
  * header length, a JSON header {"<name>":{"dtype":..,"shape":[..],
  * "data_offsets":[0,N]}} (plus "__metadata__" when metadata_json is a JSON
  * object of strings), padded with spaces to 8 bytes, then the raw data.
  * Any safetensors reader can read it.  name: 1..255 bytes, not
  * "__metadata__"; NULL means "tensor".
- * On success *buf (free with ms_free) holds *len bytes.
- * Errors: MS_EINVAL (NULL t/buf/len, bad name or metadata), MS_ENOMEM.
+ * On success *buf (free with ms_free) holds *len bytes.  Each call
+ * allocates and copies the data: to send a tensor without either, use
+ * ms_tensor_serialize_header() and write the data from ms_tensor_data().
+ * Errors: MS_EINVAL (NULL t/buf/len, bad name or metadata, header over
+ *   MS_SAFETENSORS_HEADER_MAX), MS_ENOMEM, MS_ERANGE.
+ * Thread-safe (t is only read).
  */
 MS_EXPORT int ms_tensor_serialize(const ms_tensor_t *t, const char *name,
                                   const char *metadata_json, void **buf,
                                   size_t *len);
 
 /**
+ * Encodes only the start of ms_tensor_serialize()'s stream: the 8-byte
+ * length prefix and the padded JSON header, into the caller's buf.  The
+ * stream is that header followed by the ms_tensor_nbytes(t) bytes at
+ * ms_tensor_data(t), so a sender can writev() both without copying the
+ * data:
+ *
+ *     char hdr[1024]; size_t hl;     // most headers fit 1 KiB
+ *     if (ms_tensor_serialize_header(t, "frame", NULL, hdr, sizeof hdr,
+ *                                    &hl) == 0) {
+ *       struct iovec iov[2] = {{hdr, hl},
+ *                              {ms_tensor_data(t), ms_tensor_nbytes(t)}};
+ *       writev(fd, iov, 2);          // loop on short writes
+ *     }
+ *
+ * The bytes are identical to ms_tensor_serialize()'s.  *len is set to the
+ * header size (at most 8 + MS_SAFETENSORS_HEADER_MAX) on success and on
+ * MS_ERANGE; buf may be NULL when cap is 0 (a size query).
+ * Errors: MS_EINVAL (NULL t or len, NULL buf with cap > 0, bad name or
+ *   metadata, header over the cap), MS_ERANGE (cap < *len; buf untouched),
+ *   MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_tensor_serialize_header(const ms_tensor_t *t, const char *name,
+                                         const char *metadata_json, void *buf,
+                                         size_t cap, size_t *len);
+
+/**
  * Decodes a single-tensor safetensors stream into a new tensor: in shared
  * memory allocated from shm, or on the heap when shm is NULL.  The input is
  * treated as hostile: every length, offset, dtype and shape is checked, the
- * JSON header must be an object with exactly one tensor (plus optional
- * "__metadata__") and no duplicate keys, and nothing outside buf is read.
+ * JSON header (at most MS_SAFETENSORS_HEADER_MAX bytes) must be an object
+ * with exactly one tensor (plus optional "__metadata__", an object of
+ * strings, which is checked and dropped) and no duplicate keys, the data
+ * must be exactly the tensor's bytes, and nothing outside buf is read.
+ * Cost: O(len) time and memory for any input; a header with more than 2
+ * root members, a tensor entry with more than 3 fields or an array of more
+ * than MS_MAX_NDIM elements is refused while scanning its text, before any
+ * JSON is built.
  * Errors: MS_EINVAL (NULL argument), MS_EBADREGION (malformed stream; the
- *   message says what), and ms_tensor_alloc()'s errors.
+ *   message says what: ms_shm_errmsg(shm)), and ms_tensor_alloc()'s errors.
  */
 MS_EXPORT int ms_tensor_deserialize(ms_shm_t *shm, const void *buf, size_t len,
                                     ms_tensor_t **out);
+
+/**
+ * Reads the header of a stream, for receivers that read the data straight
+ * into a tensor they already have (a pooled or shared-memory one) instead
+ * of a fresh allocation per frame.  buf holds the first len bytes of the
+ * stream; anything after the header is ignored.
+ *   - Too few bytes: MS_ERANGE, and *header_len is how many the header
+ *     needs (8 for the length prefix, then 8 + its length).
+ *   - Otherwise the header is checked as ms_tensor_deserialize() checks it
+ *     and, on success, *dtype, *ndim, shape[0..*ndim) (room for
+ *     MS_MAX_NDIM), *header_len (prefix + JSON header: the data starts
+ *     there) and *data_len (the tensor's bytes, which follow) are set.
+ * A streaming reader:
+ *
+ *     unsigned char hdr[8 + MS_SAFETENSORS_HEADER_MAX];
+ *     size_t hl = 8, dl; ms_dtype_t dt; int nd; int64_t shape[MS_MAX_NDIM];
+ *     read_exactly(fd, hdr, 8);
+ *     int rc = ms_tensor_parse_header(hdr, 8, &dt, &nd, shape, &hl, &dl);
+ *     if (rc == MS_ERANGE) {          // hl is now 8 + the header length
+ *       read_exactly(fd, hdr + 8, hl - 8);
+ *       rc = ms_tensor_parse_header(hdr, hl, &dt, &nd, shape, &hl, &dl);
+ *     }
+ *     // rc == 0: check dt/nd/shape against dst (or pick a dst of that
+ *     // shape), then read dl bytes straight into ms_tensor_data(dst).
+ *
+ * Errors: MS_EINVAL (NULL argument), MS_ERANGE (see above; nothing else is
+ *   written), MS_EBADREGION (malformed header; ms_shm_errmsg(NULL) says
+ *   what).  Thread-safe.
+ */
+MS_EXPORT int ms_tensor_parse_header(const void *buf, size_t len,
+                                     ms_dtype_t *dtype, int *ndim,
+                                     int64_t *shape, size_t *header_len,
+                                     size_t *data_len);
+
+/**
+ * Decodes a whole stream (as ms_tensor_deserialize() does) into dst, an
+ * existing tensor of the same dtype and shape, instead of a new one: no
+ * allocation, one copy of the data.  dst must be writable
+ * (ms_tensor_is_writable()); it is not written unless the call succeeds.
+ * Errors: MS_EINVAL (NULL argument; the stream's dtype or shape differs
+ *   from dst's), MS_EACCES (dst is read-only), MS_EBADREGION (malformed
+ *   stream).  The message is ms_shm_errmsg(NULL).  Thread-safe as long as
+ *   no other thread uses dst's data.
+ */
+MS_EXPORT int ms_tensor_deserialize_into(const void *buf, size_t len,
+                                         ms_tensor_t *dst);
 
 /* ------------------------------------------------------------------------ */
 /* DLPack                                                                    */

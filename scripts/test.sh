@@ -6,7 +6,7 @@
 #   - a ThreadSanitizer build of the multi-threaded suites;
 #   - the Win32 build (MinGW-w64, dependencies from Debian sources) and its
 #     suites under Wine;
-#   - every libFuzzer target for MS_FUZZ_SECONDS seconds each (default 60);
+#   - every libFuzzer target, sharing MS_FUZZ_SECONDS seconds (default 240);
 #   - the CI self-check (scripts/ci-selfcheck.sh): a deliberately failing
 #     test must make ctest fail, and no test in any build tree may set
 #     PASS_REGULAR_EXPRESSION or WILL_FAIL.

@@ -4,6 +4,8 @@
 #include <cjson/cJSON.h>
 #include <uv.h>
 
+#include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +85,208 @@ static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
   return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Exact numbers                                                             */
+/*                                                                           */
+/* cJSON parses numbers into doubles and would print them back rounded, so   */
+/* distinct values could share a key and the loader would get rewritten      */
+/* values.  A linear pre-pass over the text checks every number token        */
+/* against the JSON grammar and records its span; after cJSON has parsed     */
+/* the text, each number node (met in document order, which is pre-order)    */
+/* becomes a raw node holding its token text verbatim.  The pre-pass also    */
+/* refuses what cJSON would silently change: "\u0000" and malformed \u      */
+/* escapes (cJSON ends the string at a NUL) and control bytes used as       */
+/* whitespace.                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* cJSON reads a number token through a 64-byte buffer; longer tokens would
+ * be misparsed, so they are refused with a clear message. */
+#define NUMBER_TOKEN_MAX 63
+
+typedef struct span {
+  size_t at, len;
+} span;
+
+typedef struct spans {
+  span *v;
+  size_t n, cap;
+} spans;
+
+/* Length of the RFC 8259 number at s (n bytes available), or 0 if the
+ * bytes there are not exactly one number token. */
+static size_t number_len(const char *s, size_t n) {
+  size_t i = 0;
+  if (i < n && s[i] == '-')
+    i++;
+  if (i < n && s[i] == '0') {
+    i++;
+  } else if (i < n && s[i] >= '1' && s[i] <= '9') {
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+      i++;
+  } else {
+    return 0;
+  }
+  if (i < n && s[i] == '.') {
+    size_t d = ++i;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+      i++;
+    if (i == d)
+      return 0;
+  }
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-'))
+      i++;
+    size_t d = i;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+      i++;
+    if (i == d)
+      return 0;
+  }
+  return i;
+}
+
+static int is_number_char(char c) {
+  return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' ||
+         c == 'e' || c == 'E';
+}
+
+/* The pre-pass: one scan of the text, O(len). */
+static int scan_text(const char *json, size_t len, spans *out, char *errbuf,
+                     size_t errlen) {
+  int in_string = 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = json[i];
+    if (in_string) {
+      if (c == '"') {
+        in_string = 0;
+      } else if (c == '\\' && i + 1 < len) {
+        if (json[i + 1] == 'u') {
+          /* cJSON reads a bad \u escape as U+0000 and ends the string
+           * there, so both are refused here. */
+          size_t h = 0;
+          while (h < 4 && i + 2 + h < len &&
+                 isxdigit((unsigned char)json[i + 2 + h]))
+            h++;
+          if (h < 4) {
+            (void)snprintf(errbuf, errlen,
+                           "malformed config JSON: bad \\u escape at byte %zu",
+                           i);
+            return MS_EINVAL;
+          }
+          if (memcmp(json + i + 2, "0000", 4) == 0) {
+            (void)snprintf(errbuf, errlen,
+                           "config JSON has \\u0000 in a string at byte %zu: "
+                           "NUL characters are not supported",
+                           i);
+            return MS_EINVAL;
+          }
+        }
+        i++; /* the escaped character */
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = 1;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t run = 0;
+      while (i + run < len && is_number_char(json[i + run]))
+        run++;
+      if (number_len(json + i, run) != run) {
+        (void)snprintf(errbuf, errlen,
+                       "malformed number at byte %zu near \"%.16s\"", i,
+                       json + i);
+        return MS_EINVAL;
+      }
+      if (run > NUMBER_TOKEN_MAX) {
+        (void)snprintf(errbuf, errlen,
+                       "number at byte %zu is %zu characters long, over the "
+                       "%d limit",
+                       i, run, NUMBER_TOKEN_MAX);
+        return MS_EINVAL;
+      }
+      if (out->n == out->cap) {
+        size_t cap = out->cap ? 2 * out->cap : 16;
+        span *v = realloc(out->v, cap * sizeof(*v));
+        if (v == NULL) {
+          (void)snprintf(errbuf, errlen, "out of memory reading config JSON");
+          return MS_ENOMEM;
+        }
+        out->v = v;
+        out->cap = cap;
+      }
+      out->v[out->n++] = (span){i, run};
+      i += run - 1;
+    } else if ((unsigned char)c < 0x20 && c != ' ' && c != '\t' && c != '\n' &&
+               c != '\r') {
+      (void)snprintf(errbuf, errlen,
+                     "malformed config JSON: control byte 0x%02x at byte %zu",
+                     (unsigned)(unsigned char)c, i);
+      return MS_EINVAL;
+    }
+  }
+  return 0;
+}
+
+/* A token whose digits before the exponent are not all zero. */
+static int nonzero_mantissa(const char *s, size_t n) {
+  for (size_t i = 0; i < n && s[i] != 'e' && s[i] != 'E'; i++)
+    if (s[i] >= '1' && s[i] <= '9')
+      return 1;
+  return 0;
+}
+
+/* Turns every number node into a raw node holding its token (pre-order:
+ * document order), refusing numbers a double cannot hold. */
+static int exact_numbers(cJSON *node, const char *json, const spans *sp,
+                         size_t *next, char *errbuf, size_t errlen) {
+  for (; node != NULL; node = node->next) {
+    if (cJSON_IsNumber(node)) {
+      if (*next >= sp->n) {
+        (void)snprintf(errbuf, errlen, "malformed config JSON");
+        return MS_EINVAL;
+      }
+      span s = sp->v[(*next)++];
+      const char *tok = json + s.at;
+      double d = node->valuedouble;
+      if (isinf(d) || (d == 0 && nonzero_mantissa(tok, s.len))) {
+        (void)snprintf(errbuf, errlen,
+                       "number %.*s at byte %zu is out of the range of a "
+                       "double",
+                       (int)(s.len < 32 ? s.len : 32), tok, s.at);
+        return MS_EINVAL;
+      }
+      char *raw = cJSON_malloc(s.len + 1);
+      if (raw == NULL) {
+        (void)snprintf(errbuf, errlen, "out of memory reading config JSON");
+        return MS_ENOMEM;
+      }
+      memcpy(raw, tok, s.len);
+      raw[s.len] = '\0';
+      node->type = cJSON_Raw;
+      node->valuestring = raw;
+    } else if (node->child != NULL) {
+      int rc = exact_numbers(node->child, json, sp, next, errbuf, errlen);
+      if (rc != 0)
+        return rc;
+    }
+  }
+  return 0;
+}
+
 int ms__config_canonical(const char *json, char **out, char *errbuf,
                          size_t errlen) {
   size_t len = json != NULL ? strlen(json) : 0;
+  if (len >= 3 && memcmp(json, "\xef\xbb\xbf", 3) == 0) {
+    json += 3; /* a UTF-8 byte order mark is ignored, as RFC 8259 allows */
+    len -= 3;
+    if (len >= 3 && memcmp(json, "\xef\xbb\xbf", 3) == 0) {
+      /* cJSON would skip a second one too: refuse it here. */
+      (void)snprintf(errbuf, errlen,
+                     "malformed config JSON: a second byte order mark");
+      return MS_EINVAL;
+    }
+  }
   size_t ws = 0;
   while (ws < len && strchr(" \t\r\n", json[ws]) != NULL)
     ws++;
@@ -103,9 +304,16 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
     return MS_EINVAL;
   }
 
+  spans sp = {NULL, 0, 0};
+  int rc = scan_text(json, len, &sp, errbuf, errlen);
+  if (rc != 0) {
+    free(sp.v);
+    return rc;
+  }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
   if (root == NULL) {
+    free(sp.v);
     size_t at = end != NULL && end >= json ? (size_t)(end - json) : 0;
     (void)snprintf(errbuf, errlen,
                    "malformed config JSON at byte %zu near \"%.16s\"", at,
@@ -118,13 +326,22 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
   while (at < len && strchr(" \t\r\n", json[at]) != NULL)
     at++;
   if (at < len) {
+    free(sp.v);
     cJSON_Delete(root);
     (void)snprintf(errbuf, errlen,
                    "malformed config JSON: trailing data at byte %zu", at);
     return MS_EINVAL;
   }
 
-  int rc = sort_keys(root, errbuf, errlen);
+  size_t next = 0;
+  rc = exact_numbers(root, json, &sp, &next, errbuf, errlen);
+  if (rc == 0 && next != sp.n) { /* cannot happen if both scans agree */
+    (void)snprintf(errbuf, errlen, "malformed config JSON");
+    rc = MS_EINVAL;
+  }
+  free(sp.v);
+  if (rc == 0)
+    rc = sort_keys(root, errbuf, errlen);
   if (rc == 0) {
     *out = cJSON_PrintUnformatted(root);
     if (*out == NULL) {

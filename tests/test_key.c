@@ -32,8 +32,61 @@ static void test_config_canonical(void **state) {
                    "{\"z\":{\"x\":[{\"c\":2,\"d\":1}],\"y\":1}}");
   expect_canonical("[3, 1, 2]", "[3,1,2]"); /* arrays keep their order */
   expect_canonical("{\"s\":\"a b\\n\",\"n\":1.5e3,\"t\":true,\"z\":null}",
-                   "{\"n\":1500,\"s\":\"a b\\n\",\"t\":true,\"z\":null}");
+                   "{\"n\":1.5e3,\"s\":\"a b\\n\",\"t\":true,\"z\":null}");
   expect_canonical("{\"B\":1,\"a\":1,\"A\":1}", "{\"A\":1,\"B\":1,\"a\":1}");
+}
+
+static const char *canon(ms_key_t **k, const char *config) {
+  *k = make_key("/m/k", config);
+  return ms_key_config(*k);
+}
+
+/* Two configs name the same model exactly when their keys are equal. */
+static void expect_same(const char *a, const char *b, int same) {
+  ms_key_t *x = NULL, *y = NULL;
+  const char *ca = canon(&x, a), *cb = canon(&y, b);
+  if ((strcmp(ca, cb) == 0) != same)
+    fail_msg("%s and %s: keys %s and %s should %s", a, b, ca, cb,
+             same ? "be equal" : "differ");
+  ms_key_destroy(x);
+  ms_key_destroy(y);
+}
+
+/* Issue 10: number tokens reach the loader exactly as written, and only
+ * the same JSON value gives the same key. */
+static void test_config_exact_numbers(void **state) {
+  (void)state;
+  expect_canonical("{\"lr\":0.30000000000000004}",
+                   "{\"lr\":0.30000000000000004}");
+  expect_canonical("{\"seed\":9007199254740992}",
+                   "{\"seed\":9007199254740992}");
+  expect_canonical("{\"seed\":9007199254740993}",
+                   "{\"seed\":9007199254740993}");
+  expect_canonical("{\"n\":8999999999999999}", "{\"n\":8999999999999999}");
+  expect_canonical(
+      "[-0,0.0,1E+2,1e-2,-1.25e-300,123456789012345678901234567890]",
+      "[-0,0.0,1E+2,1e-2,-1.25e-300,123456789012345678901234567890]");
+  expect_canonical("[1e-310,1.7976931348623157e308]", /* denormal, DBL_MAX */
+                   "[1e-310,1.7976931348623157e308]");
+  expect_same("{\"lr\":0.3}", "{\"lr\":0.30000000000000004}", 0);
+  expect_same("{\"seed\":9007199254740992}", "{\"seed\":9007199254740990}", 0);
+  expect_same("{\"x\":1.0}", "{\"x\":1}", 0); /* tokens, not values */
+  expect_same("{\"x\":1e2}", "{\"x\":100}", 0);
+  expect_same("{\"x\":-0}", "{\"x\":0}", 0);
+  expect_same("{\"s\":\"a\"}", "{\"s\":\"a \"}", 0);
+  /* What is ignored: key order, whitespace, escapes of the same text. */
+  expect_same("{\"a\":1,\"b\":[1,2]}", " { \"b\" : [ 1 , 2 ] ,\n\"a\":1 } ", 1);
+  expect_same("{\"s\":\"\\u0041\\/\\u00e9\"}", "{\"s\":\"A/\xc3\xa9\"}", 1);
+  expect_same("{\"\\u0061\":1}", "{\"a\":1}", 1);
+  expect_same("{\"e\":\"\\ud83d\\ude00\"}", "{\"e\":\"\xf0\x9f\x98\x80\"}", 1);
+  expect_canonical(
+      "[-1.000000000000000000000000000000000000000000000000000000000e-5]",
+      "[-1.000000000000000000000000000000000000000000000000000000000e-5]");
+  expect_same("\xef\xbb\xbf{\"a\":0}", "{\"a\":0}", 1); /* a BOM is ignored */
+  expect_canonical("\xef\xbb\xbf  ", "{}");
+  expect_canonical("\xef\xbb\xbf-5", "-5");
+  /* A number inside a string is text, not a number. */
+  expect_canonical("{\"s\":\"01 -x 1e400\"}", "{\"s\":\"01 -x 1e400\"}");
 }
 
 static void test_config_invalid(void **state) {
@@ -44,6 +97,29 @@ static void test_config_invalid(void **state) {
   expect_invalid("{\"a\":1,\"a\":2}", "duplicate key \"a\"");
   expect_invalid("{\"o\":{\"k\":1,\"k\":1}}", "duplicate key \"k\"");
   expect_invalid("nul", "malformed");
+  /* Values a loader could not tell apart from others are refused. */
+  expect_invalid("{\"x\":1e400}", "number 1e400 at byte 5 is out of the range");
+  expect_invalid("{\"x\":-1e400}", "out of the range of a double");
+  expect_invalid("[1e-400]", "out of the range of a double");
+  expect_invalid("[0.000e-99999]x", "trailing data"); /* zero is in range */
+  expect_invalid("{\"s\":\"a\\u0000b\"}", "\\u0000 in a string at byte 7");
+  expect_invalid("{\"a\\u0000\":1}", "\\u0000");
+  expect_invalid("{\"s\":\"a\\uZZZZb\"}", "bad \\u escape at byte 7");
+  expect_invalid("{\"s\":\"a\\u12\"}", "bad \\u escape");
+  /* Numbers that are not JSON numbers. */
+  expect_invalid("[01]", "malformed number at byte 1");
+  expect_invalid("[1.]", "malformed number");
+  expect_invalid("[-]", "malformed number");
+  expect_invalid("[1e]", "malformed number");
+  expect_invalid("[1.5e+]", "malformed number");
+  expect_invalid("[1-2]", "malformed number");
+  expect_invalid("[.5]", "malformed config JSON at byte 1");
+  expect_invalid("[+1]", "malformed config JSON at byte 1");
+  expect_invalid(
+      "[1111111111111111111111111111111111111111111111111111111111111111]",
+      "over the 63 limit");
+  expect_invalid("{\x01\"a\":1}", "control byte 0x01 at byte 1");
+  expect_invalid("\xef\xbb\xbf\xef\xbb\xbf{}", "second byte order mark");
   /* Nesting deeper than cJSON's limit is refused, not a stack overflow. */
   char deep[4200];
   for (int i = 0; i < 2000; i++)
@@ -148,6 +224,7 @@ static void test_errors_and_version(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_canonical),
+      cmocka_unit_test(test_config_exact_numbers),
       cmocka_unit_test(test_config_invalid),
 #ifndef _WIN32
       cmocka_unit_test(test_path_canonical),

@@ -20,8 +20,10 @@ uint64_t ms__key_hash(const char *path, size_t path_len, const char *config,
 /* A deep copy (for requests that outlive the caller's key). */
 int ms__key_dup(const ms_key_t *key, ms_key_t **out);
 
-/* Canonicalise config JSON: keys sorted recursively, no whitespace.
- * *out is malloc'd.  On error, errbuf gets a message naming the problem. */
+/* Canonicalise config JSON: keys sorted recursively, no whitespace, string
+ * escapes normalised, number tokens copied verbatim (see "Model keys" in
+ * modelshare.h for what is refused).  *out is malloc'd.  On error, errbuf
+ * gets a message naming the problem. */
 int ms__config_canonical(const char *json, char **out, char *errbuf,
                          size_t errlen);
 
