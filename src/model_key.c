@@ -41,10 +41,10 @@ static int name_cmp(const void *a, const void *b) {
  * differs between JSON readers and so cannot have one canonical form. */
 static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
   if (cJSON_IsArray(node)) {
-    for (cJSON *c = node->child; c != NULL; c = c->next)
-      if (sort_keys(c, errbuf, errlen) != 0)
-        return MS_EINVAL;
-    return 0;
+    int rc = 0;
+    for (cJSON *c = node->child; c != NULL && rc == 0; c = c->next)
+      rc = sort_keys(c, errbuf, errlen);
+    return rc;
   }
   if (!cJSON_IsObject(node) || node->child == NULL)
     return 0;
@@ -53,7 +53,7 @@ static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
   for (cJSON *c = node->child; c != NULL; c = c->next)
     n++;
   // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
-  cJSON **v = malloc(n * sizeof(*v));
+  cJSON **v = ms__malloc(n * sizeof(*v));
   if (v == NULL) {
     (void)snprintf(errbuf, errlen, "out of memory sorting config keys");
     return MS_ENOMEM;
@@ -81,7 +81,7 @@ static int sort_keys(cJSON *node, char *errbuf, size_t errlen) {
     for (i = 0; i < n && rc == 0; i++)
       rc = sort_keys(v[i], errbuf, errlen);
   }
-  free(v);
+  ms__free(v);
   return rc;
 }
 
@@ -207,7 +207,7 @@ static int scan_text(const char *json, size_t len, spans *out, char *errbuf,
       }
       if (out->n == out->cap) {
         size_t cap = out->cap ? 2 * out->cap : 16;
-        span *v = realloc(out->v, cap * sizeof(*v));
+        span *v = ms__realloc(out->v, cap * sizeof(*v));
         if (v == NULL) {
           (void)snprintf(errbuf, errlen, "out of memory reading config JSON");
           return MS_ENOMEM;
@@ -291,7 +291,7 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
   while (ws < len && strchr(" \t\r\n", json[ws]) != NULL)
     ws++;
   if (ws == len) { /* NULL, "" or only whitespace: no config */
-    *out = malloc(3);
+    *out = ms__malloc(3);
     if (*out == NULL)
       return MS_ENOMEM;
     memcpy(*out, "{}", 3);
@@ -307,26 +307,35 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
   spans sp = {NULL, 0, 0};
   int rc = scan_text(json, len, &sp, errbuf, errlen);
   if (rc != 0) {
-    free(sp.v);
+    ms__free(sp.v);
     return rc;
+  }
+  size_t at = 0;
+  if (!ms__json_valid(json, len, &at)) {
+    ms__free(sp.v);
+    if (at > 0 && at < len && ms__json_valid(json, at, NULL))
+      (void)snprintf(errbuf, errlen,
+                     "malformed config JSON: trailing data at byte %zu", at);
+    else
+      (void)snprintf(errbuf, errlen,
+                     "malformed config JSON at byte %zu near \"%.16s\"", at,
+                     json + (at < len ? at : len));
+    return MS_EINVAL;
   }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
-  if (root == NULL) {
-    free(sp.v);
-    size_t at = end != NULL && end >= json ? (size_t)(end - json) : 0;
-    (void)snprintf(errbuf, errlen,
-                   "malformed config JSON at byte %zu near \"%.16s\"", at,
-                   json + (at < len ? at : len));
-    return MS_EINVAL;
+  if (root == NULL) { /* valid text: only an allocation can fail */
+    ms__free(sp.v);
+    (void)snprintf(errbuf, errlen, "out of memory parsing config JSON");
+    return MS_ENOMEM;
   }
   /* cJSON stops after the first value: anything but whitespace after it is
    * an error, not something to ignore. */
-  size_t at = (size_t)(end - json);
+  at = (size_t)(end - json);
   while (at < len && strchr(" \t\r\n", json[at]) != NULL)
     at++;
   if (at < len) {
-    free(sp.v);
+    ms__free(sp.v);
     cJSON_Delete(root);
     (void)snprintf(errbuf, errlen,
                    "malformed config JSON: trailing data at byte %zu", at);
@@ -339,36 +348,33 @@ int ms__config_canonical(const char *json, char **out, char *errbuf,
     (void)snprintf(errbuf, errlen, "malformed config JSON");
     rc = MS_EINVAL;
   }
-  free(sp.v);
+  ms__free(sp.v);
   if (rc == 0)
     rc = sort_keys(root, errbuf, errlen);
-  if (rc == 0) {
-    *out = cJSON_PrintUnformatted(root);
-    if (*out == NULL) {
-      (void)snprintf(errbuf, errlen, "out of memory printing config JSON");
-      rc = MS_ENOMEM;
-    }
-  }
+  if (rc == 0 && (rc = ms__json_print(root, out)) != 0)
+    (void)snprintf(errbuf, errlen, "out of memory printing config JSON");
   cJSON_Delete(root);
   return rc;
 }
 
-/* Resolves path when the file exists; *out is malloc'd (NULL on ENOMEM). */
+/* Resolves path when the file exists (NULL on ENOMEM, never a silently
+ * unresolved path). */
 static char *path_canonical(const char *path) {
   uv_fs_t req;
   char *res = NULL;
   /* Synchronous libuv call (no loop, no callback). */
-  if (uv_fs_realpath(NULL, &req, path, NULL) == 0 && req.ptr != NULL)
-    res = strdup((const char *)req.ptr);
-  else
-    res = strdup(path);
+  int rc = uv_fs_realpath(NULL, &req, path, NULL);
+  if (rc == 0 && req.ptr != NULL)
+    res = ms__strdup((const char *)req.ptr);
+  else if (rc != UV_ENOMEM)
+    res = ms__strdup(path); /* no such file (yet): the path as given */
   uv_fs_req_cleanup(&req);
   return res;
 }
 
 static int key_build(const char *path, size_t path_len, const char *config,
                      size_t config_len, ms_key_t **out) {
-  ms_key_t *k = malloc(sizeof(*k) + path_len + config_len + 2);
+  ms_key_t *k = ms__malloc(sizeof(*k) + path_len + config_len + 2);
   if (k == NULL)
     return MS_ENOMEM;
   k->path = k->buf;
@@ -402,7 +408,7 @@ int ms_key_create(const char *path, const char *config_json, ms_key_t **out) {
 
   char *cpath = path_canonical(path);
   if (cpath == NULL) {
-    free(config);
+    ms__free(config);
     return ms__errmsg_set(&key_errobj, MS_ENOMEM, "out of memory");
   }
   size_t plen = strlen(cpath);
@@ -413,8 +419,8 @@ int ms_key_create(const char *path, const char *config_json, ms_key_t **out) {
     rc = key_build(cpath, plen, config, strlen(config), out);
   if (rc == MS_ENOMEM)
     ms__errmsg_set(&key_errobj, rc, "out of memory");
-  free(cpath);
-  free(config);
+  ms__free(cpath);
+  ms__free(config);
   return rc;
 }
 
@@ -422,7 +428,7 @@ int ms__key_dup(const ms_key_t *key, ms_key_t **out) {
   return key_build(key->path, key->path_len, key->config, key->config_len, out);
 }
 
-void ms_key_destroy(ms_key_t *key) { free(key); }
+void ms_key_destroy(ms_key_t *key) { ms__free(key); }
 
 const char *ms_key_path(const ms_key_t *key) {
   return key != NULL ? key->path : NULL;

@@ -74,19 +74,21 @@ static int add_u64_array(cJSON *obj, const char *key, const uint64_t *v,
   return a != NULL;
 }
 
-/* Metadata must be a JSON object whose values are all strings. */
-static cJSON *metadata_parse(const char *json) {
+/* Metadata must be a JSON object whose values are all strings: MS_EINVAL
+ * if not, MS_ENOMEM if cJSON could not allocate. */
+static int metadata_parse(const char *json, cJSON **out) {
   cJSON *m = cJSON_Parse(json);
-  if (!cJSON_IsObject(m)) {
+  if (m == NULL)
+    return ms__json_valid(json, strlen(json), NULL) ? MS_ENOMEM : MS_EINVAL;
+  int ok = cJSON_IsObject(m);
+  for (cJSON *c = ok ? m->child : NULL; c != NULL; c = c->next)
+    ok = ok && cJSON_IsString(c);
+  if (!ok) {
     cJSON_Delete(m);
-    return NULL;
+    return MS_EINVAL;
   }
-  for (cJSON *c = m->child; c != NULL; c = c->next)
-    if (!cJSON_IsString(c)) {
-      cJSON_Delete(m);
-      return NULL;
-    }
-  return m;
+  *out = m;
+  return 0;
 }
 
 /* The JSON header of t (cJSON-allocated, unpadded) in *text, its length and
@@ -104,8 +106,9 @@ static int header_encode(const ms_tensor_t *t, const char *name,
     return MS_EINVAL;
 
   cJSON *meta = NULL;
-  if (metadata_json != NULL && (meta = metadata_parse(metadata_json)) == NULL)
-    return MS_EINVAL;
+  int rc = metadata_json != NULL ? metadata_parse(metadata_json, &meta) : 0;
+  if (rc != 0)
+    return rc;
   cJSON *root = cJSON_CreateObject();
   if (root == NULL ||
       (meta != NULL && !cJSON_AddItemToObject(root, META, meta))) {
@@ -178,7 +181,7 @@ int ms_tensor_serialize(const ms_tensor_t *t, const char *name,
     return MS_ERANGE;
   }
   size_t total = 8 + padded + t->nbytes;
-  unsigned char *out = malloc(total);
+  unsigned char *out = ms__malloc(total);
   if (out == NULL) {
     cJSON_free(text);
     return MS_ENOMEM;
@@ -358,6 +361,10 @@ static int header_decode(ms_shm_t *shm, const unsigned char *p, st_header *h) {
     return rc;
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(json, hlen, &end, 0);
+  if (root == NULL && ms__json_valid(json, hlen, NULL))
+    return shm != NULL /* valid text: only an allocation can fail */
+               ? ms__errmsg_set(shm, MS_ENOMEM, "out of memory")
+               : ms__shm_errmsg_none(MS_ENOMEM, "out of memory");
   if (root == NULL)
     return bad(shm, "header is not JSON");
   for (const char *q = end; rc == 0 && q < json + hlen; q++)

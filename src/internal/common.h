@@ -40,6 +40,11 @@ void *ms__realloc(void *ptr, size_t n);
 void ms__free(void *ptr);
 char *ms__strdup(const char *s);
 
+/* 1 if s[0..n) is one JSON value (RFC 8259, nesting at most cJSON's 1000)
+ * with optional surrounding whitespace; else 0 and *err_at (may be NULL)
+ * is about where it goes wrong.  Allocates nothing. */
+int ms__json_valid(const char *s, size_t n, size_t *err_at);
+
 /* Prints root as compact JSON into memory the caller frees with ms_free().
  * Returns 0 or MS_ENOMEM (also when root is NULL). */
 struct cJSON;
