@@ -1,12 +1,17 @@
 /* Model registry: table, entry states, single-flight loads, refcounts,
  * TTL / LRU-budget / explicit eviction. */
-#include "internal/registry.h"
+#include "internal/abi.h"
 #include "internal/key.h"
+#include "internal/registry.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #define INITIAL_BUCKETS 16
+
+_Static_assert(MS__REGISTRY_OPTIONS_V1 <= sizeof(ms_registry_options_t),
+               "1.0 registry options size");
+_Static_assert(MS__LOADER_V1 <= sizeof(ms_loader_t), "1.0 loader size");
 
 /* ------------------------------------------------------------------------ */
 /* Table                                                                     */
@@ -184,13 +189,9 @@ int ms_registry_create(const ms_registry_options_t *options,
   ms_registry_options_t opt = MS_REGISTRY_OPTIONS_INIT;
   if (out == NULL)
     return MS_EINVAL;
-  if (options != NULL) {
-    if (options->struct_size <
-        offsetof(ms_registry_options_t, max_bytes) + sizeof(options->max_bytes))
-      return MS_EINVAL;
-    opt.idle_ttl_ms = options->idle_ttl_ms;
-    opt.max_bytes = options->max_bytes;
-  }
+  if (options != NULL &&
+      ms__struct_in(&opt, sizeof(opt), options, MS__REGISTRY_OPTIONS_V1) != 0)
+    return MS_EINVAL;
 
   ms_registry_t *reg = calloc(1, sizeof(*reg));
   if (reg == NULL)
@@ -459,7 +460,7 @@ int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,
                             ms_model_t **out) {
   if (MS__UNLIKELY(reg == NULL || key == NULL || out == NULL ||
                    loader == NULL || loader->load == NULL ||
-                   loader->struct_size < sizeof(ms_loader_t))) {
+                   loader->struct_size < MS__LOADER_V1)) {
     return reg == NULL ? MS_EINVAL
                        : ms__errmsg_set(reg, MS_EINVAL,
                                         "NULL argument, or no load function, "
@@ -480,7 +481,10 @@ int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,
     return 0;
   }
   uv_rwlock_rdunlock(&reg->lock);
-  return acquire_slow(reg, key, loader, timeout_ms, out);
+  /* The caller's loader may be older (smaller) or newer than ours. */
+  ms_loader_t l = MS_LOADER_INIT;
+  (void)ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1);
+  return acquire_slow(reg, key, &l, timeout_ms, out);
 }
 
 int ms_registry_acquire(ms_registry_t *reg, const char *path,

@@ -1,4 +1,5 @@
 /* libuv glue: async acquire on the thread pool, idle-eviction timer. */
+#include "internal/abi.h"
 #include "internal/key.h"
 #include "internal/registry.h"
 
@@ -44,7 +45,7 @@ int ms_registry_acquire_async(ms_registry_t *reg, uv_loop_t *loop,
   if (reg == NULL)
     return MS_EINVAL;
   if (loop == NULL || key == NULL || loader == NULL || loader->load == NULL ||
-      loader->struct_size < sizeof(ms_loader_t) || cb == NULL)
+      loader->struct_size < MS__LOADER_V1 || cb == NULL)
     return ms__errmsg_set(reg, MS_EINVAL,
                           "NULL argument, or no load function, or loader "
                           "struct_size too small");
@@ -56,8 +57,9 @@ int ms_registry_acquire_async(ms_registry_t *reg, uv_loop_t *loop,
   }
   req->work.data = req;
   req->reg = reg;
-  req->loader = *loader;
-  req->loader.struct_size = sizeof(ms_loader_t);
+  req->loader = (ms_loader_t)MS_LOADER_INIT;
+  (void)ms__struct_in(&req->loader, sizeof(req->loader), loader,
+                      MS__LOADER_V1);
   req->timeout_ms = timeout_ms;
   req->cb = cb;
   req->user_data = user_data;

@@ -1,4 +1,5 @@
 /* Registry statistics: counters, per-model listing, and their JSON form. */
+#include "internal/abi.h"
 #include "internal/registry.h"
 
 #include <cjson/cJSON.h>
@@ -6,13 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(MS__REGISTRY_STATS_V1 <= sizeof(ms_registry_stats_t),
+               "1.0 registry stats size");
+_Static_assert(MS__MODEL_INFO_V1 <= sizeof(ms_model_info_t),
+               "1.0 model info size");
+
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
 
 int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
   if (reg == NULL)
     return MS_EINVAL;
-  if (stats == NULL || stats->struct_size < sizeof(size_t))
-    return ms__errmsg_set(reg, MS_EINVAL, "stats is NULL or too small");
+  if (stats == NULL || stats->struct_size < MS__REGISTRY_STATS_V1)
+    return ms__errmsg_set(reg, MS_EINVAL,
+                          "stats is NULL or its struct_size is below the "
+                          "1.0 size");
 
   ms_registry_stats_t s;
   memset(&s, 0, sizeof(s));
@@ -36,9 +44,8 @@ int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
   uv_rwlock_rdunlock(&reg->lock);
 
   /* Copy only what the caller's (possibly older, smaller) struct holds. */
-  size_t n = stats->struct_size < sizeof(s) ? stats->struct_size : sizeof(s);
-  s.struct_size = stats->struct_size;
-  memcpy(stats, &s, n);
+  s.struct_size = sizeof(s);
+  (void)ms__struct_out(stats, &s, sizeof(s), MS__REGISTRY_STATS_V1);
   return 0;
 }
 

@@ -686,16 +686,16 @@ static void test_stats_json_and_foreach(void **state) {
   assert_int_equal(ms_registry_foreach(reg, count_models, &n), 0);
   assert_int_equal(n, 2);
 
-  /* An older, smaller stats struct gets only its own fields. */
+  /* A struct_size below the first released size is refused, untouched
+   * (sizes from 1.0 up: tests/test_abi.c). */
   struct {
     ms_registry_stats_t s;
     uint64_t canary;
   } small;
   memset(&small, 0xAB, sizeof(small));
   small.s.struct_size = offsetof(ms_registry_stats_t, misses);
-  assert_int_equal(ms_registry_stats(reg, &small.s), 0);
-  assert_int_equal(small.s.hits, 1);
-  assert_int_equal(small.s.misses, 0xABABABABABABABABULL);
+  assert_int_equal(ms_registry_stats(reg, &small.s), MS_EINVAL);
+  assert_int_equal(small.s.hits, 0xABABABABABABABABULL);
 
   ms_model_release(a);
   ms_model_release(b);
