@@ -4,7 +4,9 @@
 #     incompatible change fails (compatible additions are reported only).
 #     abi/suppressions.ini tells abidiff that members appended at the end of
 #     a struct_size struct are compatible (our contract); every other change
-#     to those structs is still reported and fails;
+#     to those structs is still reported and fails, and scripts/abi-layout.py
+#     checks every 1.0 member's name, offset and type;
+#   - the error codes of abi/errno.txt keep their names and numbers;
 #   - every exported dynamic symbol starts with ms_ (nothing of cJSON or
 #     libuv leaks out) and the SONAME is libmodelshare.so.1;
 #   - the public header compiles cleanly as C11, C++11 and C++17.
@@ -36,6 +38,12 @@ elif [ $((rc & 4)) -ne 0 ]; then
   echo "abi-check: compatible ABI additions (regenerate the baseline when released):"
   cat "$work/abidiff.txt"
 fi
+
+# The struct_size contract, member by member: every 1.0 member keeps its
+# name, offset and type (abidiff's insertion suppressions would also hide a
+# same-size retype of a member).
+abidw --no-corpus-path "$lib" > "$work/now.abi"
+python3 "$top/scripts/abi-layout.py" "$top/abi/libmodelshare.abi" "$work/now.abi" || fail=1
 
 # Error codes: abidiff cannot see them (functions return int), so the
 # committed list abi/errno.txt must stay a prefix of the header's X-macro
