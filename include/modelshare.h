@@ -85,7 +85,8 @@ MS_EXPORT const char *ms_version_string(void);
   XX(ESTALE, -12, "stale descriptor: the region was recycled")                 \
   XX(ENOTSUP, -13, "operation not supported on this platform")                 \
   XX(EACCES, -14, "permission denied")                                         \
-  XX(ERANGE, -15, "value out of range")
+  XX(ERANGE, -15, "value out of range")                                        \
+  XX(ECANCELED, -16, "the request was cancelled")
 
 typedef enum ms_errno {
 #define MS__ERR_ENUM(name, value, text) MS_##name = (value),
@@ -736,18 +737,42 @@ struct uv_loop_s;
 /**
  * Called on the loop thread when an async acquire finishes.  On success
  * status is 0 and model holds one reference the callback owns; otherwise
- * status is a negative MS_E* (or loader) code and model is NULL.
+ * status is a negative MS_E* (or loader) code and model is NULL.  During
+ * the callback (and until the next failing call on the registry from the
+ * loop thread), ms_registry_errmsg(reg) on the loop thread returns the
+ * text of a failure: the loader's error, the budget refusal, the timeout
+ * or the cancellation.
  */
 typedef void (*ms_acquire_cb)(int status, ms_model_t *model, void *user_data);
 
+/** An async acquire in progress (see ms_registry_acquire_async2()). */
+typedef struct ms_acquire_req ms_acquire_req_t;
+
 /**
- * Acquires key without blocking the loop: the lookup and, on a miss, the
- * load run on libuv's thread pool (uv_queue_work); cb runs later on the
- * thread running loop, never from inside this call.  Deduplicated with
+ * Acquires key without blocking the loop.  cb runs exactly once, later, on
+ * the thread running loop, never from inside this call.  Deduplicated with
  * synchronous and other async callers of the same key.  key and loader are
  * copied; they may be freed when this returns.
- * Errors (cb is then not called): MS_EINVAL (NULL argument), MS_ENOMEM.
- * Call from the loop's thread.
+ *
+ * Waiting is event-driven: a request for a model that is loading joins the
+ * load's waiter list and is completed through a uv_async_t on loop when the
+ * load ends; no thread waits for it.  Only the load itself runs on libuv's
+ * thread pool (uv_queue_work), so waiters never starve the pool, and a
+ * loader may itself use the pool.
+ *
+ * timeout_ms bounds the wait for a load started by another caller
+ * (MS_WAIT_FOREVER: no limit; 0: fail at once with MS_ETIMEDOUT unless the
+ * model is ready); the load goes on and its result is cached.  A request
+ * whose miss started the load waits for that load without limit, like a
+ * synchronous caller running the loader.
+ *
+ * Errors (cb is then not called): MS_EINVAL (NULL argument, loader
+ *   struct_size below the 1.0 size), MS_ENOMEM.
+ * The callback's status: 0, the loader's code, MS_ENOMEM, MS_ERANGE,
+ *   MS_ETIMEDOUT, MS_ECANCELED.
+ * Call from the loop's thread.  The loop must run until every callback has
+ * run (pending requests keep it alive) before it is closed; until then
+ * ms_registry_destroy() returns MS_EBUSY.
  */
 MS_EXPORT int ms_registry_acquire_async(ms_registry_t *reg,
                                         struct uv_loop_s *loop,
@@ -755,6 +780,32 @@ MS_EXPORT int ms_registry_acquire_async(ms_registry_t *reg,
                                         const ms_loader_t *loader,
                                         uint64_t timeout_ms, ms_acquire_cb cb,
                                         void *user_data);
+
+/**
+ * ms_registry_acquire_async() that also returns a handle to the request in
+ * *req (req may be NULL), for ms_registry_acquire_cancel().  *req is valid
+ * from this call's success until its callback returns; it is owned by the
+ * library (never free it).  Since 1.1.
+ */
+MS_EXPORT int
+ms_registry_acquire_async2(ms_registry_t *reg, struct uv_loop_s *loop,
+                           const ms_key_t *key, const ms_loader_t *loader,
+                           uint64_t timeout_ms, ms_acquire_cb cb,
+                           void *user_data, ms_acquire_req_t **req);
+
+/**
+ * Cancels an async acquire whose callback has not run yet.  The callback
+ * still runs exactly once, later on the loop thread (never from inside this
+ * call), with status MS_ECANCELED and a NULL model, whatever happened
+ * meanwhile: a model the request had already obtained is released again.
+ * Cancelling never stops a load: other waiters still get its result, and a
+ * successful load stays cached (idle).  Cancelling twice is harmless.
+ * Returns 0, MS_EINVAL (NULL req), or MS_ENOENT when called from inside the
+ * request's own callback (too late: the result is being delivered).
+ * Calling it after the callback returned is undefined (req is gone).
+ * Call from the loop's thread.  Since 1.1.
+ */
+MS_EXPORT int ms_registry_acquire_cancel(ms_acquire_req_t *req);
 
 /**
  * Attaches a repeating uv_timer to loop that runs ms_registry_expire()

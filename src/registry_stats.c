@@ -24,7 +24,7 @@ int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
 
   ms_registry_stats_t s;
   memset(&s, 0, sizeof(s));
-  uv_rwlock_rdlock(&reg->lock);
+  unsigned slot = ms__br_rdlock(&reg->lock);
   s.hits = reg->retired_hits;
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next) {
@@ -41,7 +41,7 @@ int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
   s.load_failures = LOAD(reg->load_failures);
   s.evictions = LOAD(reg->evictions);
   s.load_ns_total = LOAD(reg->load_ns_total);
-  uv_rwlock_rdunlock(&reg->lock);
+  ms__br_rdunlock(&reg->lock, slot);
 
   /* Copy only what the caller's (possibly older, smaller) struct holds. */
   s.struct_size = sizeof(s);
@@ -57,7 +57,7 @@ typedef struct snap {
 } snap;
 
 static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
-  uv_rwlock_rdlock(&reg->lock);
+  unsigned slot = ms__br_rdlock(&reg->lock);
   size_t n = 0;
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next)
@@ -85,7 +85,7 @@ static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
       s->info.idle_since_ns = LOAD(e->refs) == 0 ? LOAD(e->idle_since_ns) : 0;
       s->info.load_ns = e->load_ns;
     }
-  uv_rwlock_rdunlock(&reg->lock);
+  ms__br_rdunlock(&reg->lock, slot);
 
   int rc = v != NULL ? 0 : MS_ENOMEM;
   for (size_t i = 0; i < k; i++)
