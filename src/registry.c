@@ -231,17 +231,6 @@ int ms_registry_destroy(ms_registry_t *reg) {
     return 0;
   ms_model_t *list = NULL;
   ms__br_wrlock(&reg->lock);
-  /* Calls in progress count themselves in before they change anything
-   * that would make the registry look unused (a TTL-0 release before its
-   * reference goes, a waiter before it waits, a loader before it publishes)
-   * and out after their last access: if none is counted now, none can
-   * touch reg again (a call that starts after this one is a caller bug). */
-  uint64_t calls = ms__br_calls(&reg->lock);
-  if (calls != 0) {
-    ms__br_wrunlock(&reg->lock);
-    return ms__errmsg_set(reg, MS_EBUSY, "%llu call(s) still in progress",
-                          (unsigned long long)calls);
-  }
   if (atomic_load(&reg->pending_async) != 0 || atomic_load(&reg->timer)) {
     ms__br_wrunlock(&reg->lock);
     return ms__errmsg_set(reg, MS_EBUSY,
@@ -255,6 +244,19 @@ int ms_registry_destroy(ms_registry_t *reg) {
             reg, MS_EBUSY, "model \"%s\" is %s", e->path,
             atomic_load(&e->state) == MS__LOADING ? "loading" : "still held");
       }
+  /* Calls in progress count themselves in before they change anything
+   * that would make the registry look unused (a TTL-0 release before its
+   * last reference goes, a loader before its entry leaves the table, a
+   * waiter before it waits) and out after their last access.  Read after
+   * the entries: a release seen above as gone was counted in before it
+   * went.  If none is counted now, none can touch reg again (a call that
+   * starts after this one is the caller's bug). */
+  uint64_t calls = ms__br_calls(&reg->lock);
+  if (calls != 0) {
+    ms__br_wrunlock(&reg->lock);
+    return ms__errmsg_set(reg, MS_EBUSY, "%llu call(s) still in progress",
+                          (unsigned long long)calls);
+  }
   evict_matching(reg, pred_any, 0, &list);
   ms__br_wrunlock(&reg->lock);
 
