@@ -14,7 +14,13 @@
  *     release function accepts NULL and then does nothing.
  *   - Structs the caller fills in start with `size_t struct_size`; initialise
  *     them with the matching *_INIT macro.  Fields are only ever appended, so a
- *     program built against an older header keeps working.
+ *     program built against an older header keeps working: the library
+ *     accepts any struct_size from the struct's 1.0 size up.  For input
+ *     structs it reads min(struct_size, its sizeof) bytes (newer fields it
+ *     does not know are ignored, fields the caller does not have keep their
+ *     defaults); output structs are written up to the same bound, never
+ *     further.  A struct_size below the 1.0 size is MS_EINVAL.  Padding a
+ *     1.0 struct had at its end is an explicit reserved* field.
  *   - There is no global error state.  Each object remembers, per calling
  *     thread, a human-readable message for the last error it returned.
  *
@@ -214,13 +220,21 @@ typedef struct ms_loader {
    * A positive return is treated as MS_ELOAD.
    * Runs on the thread of the first caller (or on libuv's thread pool for
    * ms_registry_acquire_async), with no registry lock held.
+   *
+   * It must return: it must not throw (C++), longjmp out, or exit or
+   * cancel its thread.  The entry would then stay LOADING for ever, and
+   * every waiter with MS_WAIT_FOREVER (and ms_registry_destroy()) with it.
+   * Report failure with a negative return instead.
    */
   int (*load)(void *user, const char *path, const char *config_json,
               void **model, size_t *bytes);
   /** Frees a model returned by load.  Exactly once per successful load. May
    *  be NULL.  Runs with no registry lock held, on whichever thread evicts. */
   void (*unload)(void *user, void *model);
-  /** Passed to load and unload unchanged. */
+  /** Passed to load and unload unchanged.  Whatever it points to must
+   *  outlive every model loaded through this loader: unload runs with it
+   *  when the model is evicted, possibly long after the acquire returned
+   *  (at the latest in ms_registry_trim() or ms_registry_destroy()). */
   void *user;
 } ms_loader_t;
 
@@ -259,8 +273,8 @@ typedef struct ms_registry_options {
 
 /**
  * Creates a registry.  options may be NULL for the defaults.
- * Errors: MS_EINVAL (out is NULL, or options->struct_size is too small),
- *   MS_ENOMEM.
+ * Errors: MS_EINVAL (out is NULL, or options->struct_size is below the 1.0
+ *   size), MS_ENOMEM.
  */
 MS_EXPORT int ms_registry_create(const ms_registry_options_t *options,
                                  ms_registry_t **out);
@@ -268,10 +282,17 @@ MS_EXPORT int ms_registry_create(const ms_registry_options_t *options,
 /**
  * Destroys a registry, unloading every cached model (each unload runs once,
  * on the calling thread).  NULL returns 0.
- * Errors: MS_EBUSY if a model is still held, a load is in flight, an async
- *   acquire is pending or an eviction timer is attached; nothing is changed
- *   then.
- * Thread-safe, but no other call on reg may start once this one began.
+ * Errors: MS_EBUSY (nothing is changed) while the registry is in use:
+ *   a model is still held, a load is in flight, an async acquire is
+ *   pending (its callback has not returned yet), an eviction timer is
+ *   attached, or any other call on reg is still in progress on another
+ *   thread -- for instance a release with idle_ttl_ms 0 that is unloading
+ *   the model it just released, or a waiter still waking up from a failed
+ *   load.  Destroy never waits for them: retry later (ms_registry_errmsg()
+ *   says what was busy).  Once it returned 0, no call of another thread is
+ *   inside the registry any more.
+ * Thread-safe, but a call on reg that starts after destroy returned 0 is
+ * undefined (reg is freed).
  */
 MS_EXPORT int ms_registry_destroy(ms_registry_t *reg);
 
@@ -341,20 +362,21 @@ MS_EXPORT int ms_registry_trim(ms_registry_t *reg, size_t *count);
  *  Thread-safe. */
 MS_EXPORT int ms_registry_expire(ms_registry_t *reg, size_t *count);
 
-/** Counters of a registry.  Initialise struct_size (MS_REGISTRY_STATS_INIT). */
+/** Counters of a registry.  Initialise with MS_REGISTRY_STATS_INIT.
+ *  Counts are since the registry was created. */
 typedef struct ms_registry_stats_s {
   size_t struct_size;
-  uint64_t hits;          /**< acquires served without running a loader */
-  uint64_t misses;        /**< acquires that ran the loader */
-  uint64_t waits;         /**< hits that waited for another caller's load */
-  uint64_t timeouts;      /**< waits that ended in MS_ETIMEDOUT */
-  uint64_t loads;         /**< successful loads */
-  uint64_t load_failures; /**< loads that failed (incl. over budget) */
-  uint64_t evictions;     /**< models unloaded (TTL, budget, evict, trim) */
-  uint64_t bytes_resident;
-  uint64_t models_resident;
-  uint64_t models_held;   /**< resident models with at least one holder */
-  uint64_t load_ns_total; /**< wall time spent in successful loads */
+  uint64_t hits;            /**< acquires served without running a loader */
+  uint64_t misses;          /**< acquires that ran the loader */
+  uint64_t waits;           /**< hits that waited for another caller's load */
+  uint64_t timeouts;        /**< waits that ended in MS_ETIMEDOUT */
+  uint64_t loads;           /**< successful loads */
+  uint64_t load_failures;   /**< loads that failed (incl. over budget) */
+  uint64_t evictions;       /**< models unloaded (TTL, budget, evict, trim) */
+  uint64_t bytes_resident;  /**< sum of the loaders' reported sizes */
+  uint64_t models_resident; /**< models loaded and not yet evicted */
+  uint64_t models_held;     /**< resident models with at least one holder */
+  uint64_t load_ns_total;   /**< wall time in successful loads, in ns */
 } ms_registry_stats_t;
 
 /* Every field is listed so that -Wmissing-field-initializers stays quiet. */
@@ -362,8 +384,17 @@ typedef struct ms_registry_stats_s {
   { sizeof(ms_registry_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 /**
- * Fills *stats with a consistent snapshot, up to stats->struct_size bytes.
- * Errors: MS_EINVAL (NULL argument or struct_size too small).  Thread-safe.
+ * Fills *stats, up to min(stats->struct_size, sizeof(ms_registry_stats_t))
+ * bytes; stats->struct_size is left as the caller set it.
+ * Consistency: misses, loads, load_failures, evictions, bytes_resident,
+ * models_resident and load_ns_total change only under the registry's
+ * write lock, which this call excludes: they are one consistent snapshot
+ * (e.g. bytes_resident is exactly the sum of the resident models' bytes).
+ * hits, waits, timeouts and models_held change without that lock (cache
+ * hits and releases take no write lock), so they may be a few operations
+ * ahead of or behind the others when other threads are busy.
+ * Errors: MS_EINVAL (NULL argument, or struct_size below the 1.0 size;
+ * *stats is then untouched).  Thread-safe.
  */
 MS_EXPORT int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats);
 
@@ -394,8 +425,29 @@ MS_EXPORT int ms_registry_foreach(ms_registry_t *reg,
                                   void *user);
 
 /**
- * The counters and per-model listing as a JSON object:
- *   {"hits":..,"misses":..,...,"models":[{"path":..,"config":..,...}]}
+ * The counters and per-model listing as one JSON object.  Every number is
+ * an integer; times come in two units (the *_ns fields are exact, the
+ * *_ms fields are the same times in whole milliseconds, rounded down, for
+ * humans and older readers):
+ *   hits, misses, waits, timeouts, loads, load_failures, evictions,
+ *   bytes_resident, models_resident, models_held
+ *                      the ms_registry_stats_t fields of the same names
+ *                      (counts; bytes_resident in bytes)
+ *   load_ns_total      wall time of all successful loads, nanoseconds
+ *   load_ms_total      the same in milliseconds
+ *   models             one object per resident (READY) model:
+ *     path, config     canonical path and config JSON (strings)
+ *     bytes            size reported by its loader, bytes
+ *     refcount         current holders
+ *     hits             acquires served from cache
+ *     loaded_at_ns     uv_hrtime() clock when its load finished, ns
+ *     age_ms           milliseconds since then
+ *     load_ns, load_ms how long its load took (ns; ms)
+ *     idle_ms          milliseconds since an expiry pass first saw it idle;
+ *                      0 while held or not yet seen idle
+ * Counters and the listing are two snapshots taken one after the other
+ * (see ms_registry_stats() for what each is consistent with).  JSON
+ * numbers are doubles: exact up to 2^53.
  * On success *json is a NUL-terminated string the caller frees with
  * ms_free().  Errors: MS_EINVAL (NULL argument), MS_ENOMEM.  Thread-safe.
  */
@@ -406,8 +458,16 @@ MS_EXPORT void ms_free(void *ptr);
 
 /**
  * The message for the last error the calling thread got from a function on
- * reg ("" if none).  Owned by the library; valid until the next failing
- * call on reg from this thread.  NULL reg returns "".
+ * reg ("" if none).  NULL reg returns "".
+ *
+ * Lifetime: messages live in a small per-thread table (4 objects per
+ * thread, at most 511 bytes each, longer ones truncated).  The string is
+ * owned by the library and belongs to the calling thread: read it on this
+ * thread, before its next failing call on reg, and before failing calls
+ * on 4 other registries or allocators from this thread reuse its slot (the
+ * pointer then shows their message).  Copy it to keep it.  Destroying reg
+ * clears it.  For async acquires, the callback's failure text is put here
+ * on the loop thread before the callback runs.
  */
 MS_EXPORT const char *ms_registry_errmsg(const ms_registry_t *reg);
 

@@ -145,6 +145,7 @@ static int model_json(cJSON *models, const ms_model_info_t *m, uint64_t now) {
          add_u64(o, "idle_ms",
                  m->idle_since_ns != 0 ? (now - m->idle_since_ns) / 1000000u
                                        : 0) &&
+         add_u64(o, "load_ns", m->load_ns) &&
          add_u64(o, "load_ms", m->load_ns / 1000000u) &&
          add_u64(o, "age_ms", (now - m->loaded_at_ns) / 1000000u);
 }
@@ -176,6 +177,7 @@ int ms_registry_stats_json(ms_registry_t *reg, char **json) {
            add_u64(root, "bytes_resident", s.bytes_resident) &&
            add_u64(root, "models_resident", s.models_resident) &&
            add_u64(root, "models_held", s.models_held) &&
+           add_u64(root, "load_ns_total", s.load_ns_total) &&
            add_u64(root, "load_ms_total", s.load_ns_total / 1000000u) &&
            (models = cJSON_AddArrayToObject(root, "models")) != NULL;
   for (size_t i = 0; ok && i < n; i++)
