@@ -239,10 +239,13 @@ int ms_registry_destroy(ms_registry_t *reg) {
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next)
       if (!is_idle(e)) {
-        ms__br_wrunlock(&reg->lock);
-        return ms__errmsg_set(
+        /* The message before the unlock: e may be evicted and freed as
+         * soon as the lock goes. */
+        ms__errmsg_set(
             reg, MS_EBUSY, "model \"%s\" is %s", e->path,
             atomic_load(&e->state) == MS__LOADING ? "loading" : "still held");
+        ms__br_wrunlock(&reg->lock);
+        return MS_EBUSY;
       }
   /* Calls in progress count themselves in before they change anything
    * that would make the registry look unused (a TTL-0 release before its
