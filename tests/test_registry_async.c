@@ -196,7 +196,7 @@ static void test_waiters_do_not_starve_the_pool(void **state) {
   ms_registry_stats_t s = get_stats(reg);
   assert_int_equal(s.misses, 1);
   assert_int_equal(s.hits, N - 1);
-  assert_int_equal(s.waits, N - 1);
+  assert_true(s.waits <= N - 1); /* the load may finish before the last */
   for (int i = 0; i < N; i++)
     ms_model_release(r[i].model);
   assert_int_equal(ms_registry_destroy(reg), 0);
