@@ -549,7 +549,8 @@ int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,
   ms__br_rdunlock(&reg->lock, slot);
   /* The caller's loader may be older (smaller) or newer than ours. */
   ms_loader_t l = MS_LOADER_INIT;
-  (void)ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1);
+  if (ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1) != 0)
+    return MS_EINVAL; /* checked above: cannot happen */
   slot = ms__br_enter(&reg->lock);
   int rc = acquire_slow(reg, key, &l, timeout_ms, out);
   ms__br_leave(&reg->lock, slot);

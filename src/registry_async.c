@@ -98,7 +98,8 @@ int ms_registry_acquire_async2(ms_registry_t *reg, uv_loop_t *loop,
                           "struct_size too small");
 
   ms_loader_t l = MS_LOADER_INIT;
-  (void)ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1);
+  if (ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1) != 0)
+    return MS_EINVAL; /* checked above: cannot happen */
   ms_acquire_req_t *req = calloc(1, sizeof(*req));
   load_job *job = malloc(sizeof(*job)); /* used on a miss only */
   if (req == NULL || job == NULL) {
