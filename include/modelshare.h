@@ -821,10 +821,10 @@ typedef struct ms_acquire_req ms_acquire_req_t;
  * loader may itself use the pool.
  *
  * timeout_ms bounds the wait for a load started by another caller
- * (MS_WAIT_FOREVER: no limit; 0: fail at once with MS_ETIMEDOUT unless the
- * model is ready); the load goes on and its result is cached.  A request
- * whose miss started the load waits for that load without limit, like a
- * synchronous caller running the loader.
+ * (MS_WAIT_FOREVER: no limit; 0: MS_ETIMEDOUT on the loop's next
+ * iteration unless the model is ready by then); the load goes on and its result
+ * is cached.  A request whose miss started the load waits for that load without
+ * limit, like a synchronous caller running the loader.
  *
  * Errors (cb is then not called): MS_EINVAL (NULL argument, loader
  *   struct_size below the 1.0 size), MS_ENOMEM.
