@@ -35,6 +35,8 @@ double msb_median(double *v, int n);
 uint64_t msb_read_all(const void *p, size_t n);
 /* Resident set size of this process. */
 size_t msb_rss(void);
+/* Online CPUs (bench_micro.c). */
+int msb_nproc(void);
 void msb_progress(const char *fmt, ...);
 
 /* Scenarios: each prints its table to stdout and adds its JSON object, and

@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int load_small(void *user, const char *path, const char *config,
                       void **model, size_t *bytes) {
@@ -30,6 +31,11 @@ static struct {
   ms_shm_t *shm;
   ms_shm_t *peer; /* a second allocator plays the other process */
 } g;
+
+int msb_nproc(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
 
 static void bm_registry_hit(msb_state *st, void *arg) {
   (void)arg;
@@ -153,6 +159,14 @@ void msb_micro_register(void) {
 
   msb_add("registry_hit", bm_registry_hit, NULL, 1, 0);
   msb_add("registry_hit_2threads", bm_registry_hit, NULL, 2, 0);
+  /* Scaling to every core (registry.hit_ns_by_threads). */
+  static char nproc_name[48];
+  int nproc = msb_nproc();
+  if (nproc > 2) {
+    (void)snprintf(nproc_name, sizeof(nproc_name), "registry_hit_%dthreads",
+                   nproc);
+    msb_add(nproc_name, bm_registry_hit, NULL, nproc, 0);
+  }
   msb_add("registry_hit_string_key", bm_registry_hit_string, NULL, 1, 0);
   msb_add("uv_mutex_lock_unlock", bm_mutex_pair, NULL, 1, 0);
   msb_add("tensor_alloc_release_pooled_1MiB", bm_tensor_alloc_pooled,

@@ -1,8 +1,11 @@
 /* Registry scenarios: N pipeline nodes on the real speech model with and
- * without the registry (each run in a fresh child process), and 64 threads
- * on a cold key. */
+ * without the registry, and 64 threads on a cold key against one load.
+ * Every measurement runs in a fresh child process, and the two runs of a
+ * pair alternate which goes first (ABBA...), so that neither side gains
+ * from running second (warm page cache, allocator, CPU frequency). */
 #include "bench.h"
 #include "gbench_shim.h"
+#include "rss.h"
 
 #include <uv.h>
 
@@ -79,7 +82,7 @@ static model_src pick_model(void) {
 
 typedef struct run_result {
   int ok;
-  double rss, secs;
+  double rss, pss, secs;
   uint64_t hits, misses, loads;
 } run_result;
 
@@ -110,7 +113,7 @@ static run_result in_child(void (*fn)(const model_src *, int, run_result *),
 static void run_without(const model_src *m, int n, run_result *r) {
   void **models = calloc((size_t)n, sizeof(void *));
   size_t bytes;
-  size_t rss0 = msb_rss();
+  size_t rss0 = msb_rss(), pss0 = ms_example_pss_bytes();
   uint64_t t0 = uv_hrtime();
   for (int i = 0; i < n; i++)
     if (m->loader.load(m->loader.user, m->path, m->config, &models[i],
@@ -118,6 +121,7 @@ static void run_without(const model_src *m, int n, run_result *r) {
       return;
   r->secs = (double)(uv_hrtime() - t0) / 1e9;
   r->rss = (double)(msb_rss() - rss0);
+  r->pss = (double)ms_example_pss_bytes() - (double)pss0;
   r->misses = r->loads = (uint64_t)n;
   for (int i = 0; i < n; i++)
     m->loader.unload(m->loader.user, models[i]);
@@ -154,7 +158,7 @@ static void acquire_all(const model_src *m, int n, int barrier, run_result *r) {
   uv_barrier_t go;
   if (barrier)
     uv_barrier_init(&go, (unsigned)n);
-  size_t rss0 = msb_rss();
+  size_t rss0 = msb_rss(), pss0 = ms_example_pss_bytes();
   uint64_t t0 = uv_hrtime();
   for (int i = 0; i < n; i++) {
     nodes[i] = (node){reg, key, &m->loader, NULL, -1, barrier ? &go : NULL, 0};
@@ -164,6 +168,7 @@ static void acquire_all(const model_src *m, int n, int barrier, run_result *r) {
     uv_thread_join(&nodes[i].th);
   r->secs = (double)(uv_hrtime() - t0) / 1e9;
   r->rss = (double)(msb_rss() - rss0);
+  r->pss = (double)ms_example_pss_bytes() - (double)pss0;
   ms_registry_stats_t s = MS_REGISTRY_STATS_INIT;
   (void)ms_registry_stats(reg, &s);
   r->hits = s.hits;
@@ -189,29 +194,78 @@ static void run_dedup(const model_src *m, int n, run_result *r) {
   acquire_all(m, n, 1, r);
 }
 
+/* One repetition of a pair: a and b in fresh processes, a first on even
+ * repetitions and b first on odd ones. */
+static void run_pair(int rep, void (*fa)(const model_src *, int, run_result *),
+                     int na, void (*fb)(const model_src *, int, run_result *),
+                     int nb, const model_src *m, run_result *a, run_result *b) {
+  if (rep % 2 == 0) {
+    *a = in_child(fa, m, na);
+    *b = in_child(fb, m, nb);
+  } else {
+    *b = in_child(fb, m, nb);
+    *a = in_child(fa, m, na);
+  }
+}
+
+/* An even count, so that each order runs equally often. */
+static int even_reps(int reps) { return reps < 2 ? 2 : reps + reps % 2; }
+
+/* Median ns per hit and per thread for 1, 2 and nproc threads, from the
+ * micro-benchmarks; printed, and returned as a JSON object. */
+static cJSON *hit_scaling(void) {
+  int counts[3] = {1, 2, msb_nproc()};
+  int n = counts[2] > 2 ? 3 : 2;
+  cJSON *o = cJSON_CreateObject();
+  double one = -1;
+  printf("%-26s", "cache hit, per thread");
+  for (int i = 0; i < n; i++) {
+    char name[48], key[16];
+    if (counts[i] == 1)
+      (void)snprintf(name, sizeof(name), "registry_hit");
+    else
+      (void)snprintf(name, sizeof(name), "registry_hit_%dthreads", counts[i]);
+    double ns = msb_median_ns(name);
+    (void)snprintf(key, sizeof(key), "%d", counts[i]);
+    cJSON_AddNumberToObject(o, key, ns);
+    if (counts[i] == 1)
+      one = ns;
+    printf("  %d thr %.1f ns", counts[i], ns);
+    if (counts[i] == 2)
+      printf(" (%.2fx)", one > 0 ? ns / one : 0);
+  }
+  double two = cJSON_GetObjectItem(o, "2")->valuedouble;
+  printf("   2 threads <= 2x one  %s\n",
+         msb_pass(one > 0 && two > 0 && two <= 2 * one));
+  return o;
+}
+
 /* ------------------------------------------------------------------------ */
 
 int msb_registry(const msb_opts *o, cJSON *root) {
   model_src m = pick_model();
-  const int n = o->instances, reps = o->reps;
+  const int n = o->instances, reps = even_reps(o->reps);
   msb_progress("registry: %d instances of %s, %d repetitions", n, m.name, reps);
   double *rss_wo = calloc((size_t)reps, sizeof(double)),
          *rss_w = calloc((size_t)reps, sizeof(double)),
+         *pss_wo = calloc((size_t)reps, sizeof(double)),
+         *pss_w = calloc((size_t)reps, sizeof(double)),
          *s_wo = calloc((size_t)reps, sizeof(double)),
          *s_w = calloc((size_t)reps, sizeof(double));
   run_result last = {0};
   int ok = 1;
   for (int i = 0; i < reps; i++) {
-    run_result a = in_child(run_without, &m, n);
-    run_result b = in_child(run_with, &m, n);
+    run_result a, b;
+    run_pair(i, run_without, n, run_with, n, &m, &a, &b);
     ok &= a.ok && b.ok;
-    rss_wo[i] = a.rss, s_wo[i] = a.secs;
-    rss_w[i] = b.rss, s_w[i] = b.secs;
+    rss_wo[i] = a.rss, s_wo[i] = a.secs, pss_wo[i] = a.pss;
+    rss_w[i] = b.rss, s_w[i] = b.secs, pss_w[i] = b.pss;
     last = b;
   }
   double without_rss = msb_median(rss_wo, reps),
          with_rss = msb_median(rss_w, reps), without_s = msb_median(s_wo, reps),
-         with_s = msb_median(s_w, reps);
+         with_s = msb_median(s_w, reps), without_pss = msb_median(pss_wo, reps),
+         with_pss = msb_median(pss_w, reps);
   double reduction = 1 - with_rss / without_rss, limit = 1 - 1.0 / n;
   double one_load = without_s / n;
   double hit_ns = msb_median_ns("registry_hit"),
@@ -225,6 +279,10 @@ int msb_registry(const msb_opts *o, cJSON *root) {
          "%.1f%%)  %s\n",
          "memory (RSS growth)", without_rss / 1e6, with_rss / 1e6,
          100 * reduction, n, 100 * limit, msb_pass(reduction >= limit - 0.02));
+  printf("%-26s %11.1f MB %11.1f MB   reduction %.1f%% (PSS: each page "
+         "divided by the processes mapping it)\n",
+         "memory (PSS growth)", without_pss / 1e6, with_pss / 1e6,
+         100 * (1 - with_pss / without_pss));
   printf("%-26s %12.2f s %12.2f s   one load %.2f s, with = %.2fx one load  "
          "%s\n",
          "load time", without_s, with_s, one_load, with_s / one_load,
@@ -237,6 +295,7 @@ int msb_registry(const msb_opts *o, cJSON *root) {
   printf("%-26s %14s %11.1f ns   mutex pair %.1f ns, ratio %.2f  %s\n",
          "cached access (median)", "-", hit_ns, mutex_ns, hit_ns / mutex_ns,
          msb_pass(hit_ns > 0 && hit_ns < 100 && hit_ns <= 3 * mutex_ns));
+  cJSON *by_threads = hit_scaling();
 
   cJSON *j = cJSON_AddObjectToObject(root, "registry");
   cJSON_AddStringToObject(j, "model", m.name);
@@ -252,6 +311,8 @@ int msb_registry(const msb_opts *o, cJSON *root) {
   cJSON_AddNumberToObject(w, "hits", (double)last.hits);
   cJSON_AddNumberToObject(w, "misses", (double)last.misses);
   cJSON_AddNumberToObject(w, "hit_rate", hit_rate);
+  cJSON_AddNumberToObject(j, "pss_without_bytes", without_pss);
+  cJSON_AddNumberToObject(j, "pss_with_bytes", with_pss);
   cJSON_AddNumberToObject(j, "memory_reduction", reduction);
   cJSON_AddNumberToObject(j, "limit", limit);
   cJSON_AddNumberToObject(j, "one_load_s", one_load);
@@ -261,13 +322,14 @@ int msb_registry(const msb_opts *o, cJSON *root) {
   cJSON_AddNumberToObject(j, "hit_string_key_ns_median",
                           msb_median_ns("registry_hit_string_key"));
   cJSON_AddNumberToObject(j, "mutex_pair_ns_median", mutex_ns);
-  free(rss_wo), free(rss_w), free(s_wo), free(s_w);
+  cJSON_AddItemToObject(j, "hit_ns_by_threads", by_threads);
+  free(rss_wo), free(rss_w), free(pss_wo), free(pss_w), free(s_wo), free(s_w);
   return ok ? 0 : -1;
 }
 
 int msb_dedup(const msb_opts *o, cJSON *root) {
   model_src m = pick_model();
-  const int threads = 64, reps = o->reps < 3 ? o->reps : 3;
+  const int threads = 64, reps = even_reps(o->reps < 4 ? o->reps : 4);
   msb_progress("dedup: %d threads on a cold key, %d repetitions", threads,
                reps);
   double *one = calloc((size_t)reps, sizeof(double)),
@@ -275,8 +337,8 @@ int msb_dedup(const msb_opts *o, cJSON *root) {
   uint64_t loads = 0;
   int ok = 1;
   for (int i = 0; i < reps; i++) {
-    run_result a = in_child(run_dedup, &m, 1);
-    run_result b = in_child(run_dedup, &m, threads);
+    run_result a, b; /* one load alone, and 64 threads: order alternates */
+    run_pair(i, run_dedup, 1, run_dedup, threads, &m, &a, &b);
     ok &= a.ok && b.ok;
     one[i] = a.secs, all[i] = b.secs;
     loads = b.loads > loads ? b.loads : loads;
@@ -293,6 +355,7 @@ int msb_dedup(const msb_opts *o, cJSON *root) {
   cJSON_AddNumberToObject(j, "one_load_s", one_s);
   cJSON_AddNumberToObject(j, "wall_s", all_s);
   cJSON_AddNumberToObject(j, "wall_ratio_vs_one_load", all_s / one_s);
+  cJSON_AddNumberToObject(j, "repetitions", reps);
   free(one), free(all);
   return ok ? 0 : -1;
 }

@@ -18,7 +18,8 @@ d = json.load(open(sys.argv[1]))
 need = {
     "machine": ["cpu", "cores", "kernel"],
     "registry": ["model", "instances", "without", "with", "memory_reduction",
-                 "limit", "hit_ns_median", "mutex_pair_ns_median"],
+                 "limit", "hit_ns_median", "mutex_pair_ns_median",
+                 "pss_without_bytes", "pss_with_bytes", "hit_ns_by_threads"],
     "dedup": ["threads", "loads", "wall_ratio_vs_one_load"],
     "vision": ["frame_bytes", "fps_shm", "fps_serialization", "speedup",
                "fps_serialization_fast", "fps_pipe_copy", "speedup_vs_best"],
@@ -39,5 +40,8 @@ for e in d["shm"]:
               "python_fresh_ratio", "python_reused_ratio"]:
         assert k in e, f"shm[].{k} missing"
 assert d["dedup"]["loads"] == 1, "64 threads must load once"
+hb = d["registry"]["hit_ns_by_threads"]
+assert isinstance(hb, dict) and "1" in hb and "2" in hb, \
+    "registry.hit_ns_by_threads needs thread counts 1 and 2"
 print("bench JSON: ok")
 PY

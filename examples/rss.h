@@ -1,5 +1,8 @@
-/* Resident set size of the calling process (Linux /proc/self/statm), for
- * the examples, tests and bench that measure memory saved. */
+/* Resident set size (Linux /proc/self/statm) and proportional set size
+ * (/proc/self/smaps_rollup) of the calling process, for the examples, tests
+ * and bench that measure memory saved.  RSS counts every resident page the
+ * process maps; PSS divides each page by the number of processes mapping
+ * it, so memory shared across processes is counted once in their sum. */
 #ifndef MS_EXAMPLE_RSS_H
 #define MS_EXAMPLE_RSS_H
 
@@ -16,6 +19,20 @@ static inline size_t ms_example_rss_bytes(void) {
     resident = 0;
   fclose(f);
   return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* PSS in bytes, or 0 when the kernel has no smaps_rollup (before 4.14). */
+static inline size_t ms_example_pss_bytes(void) {
+  char line[256];
+  size_t kb = 0;
+  FILE *f = fopen("/proc/self/smaps_rollup", "r");
+  if (f == NULL)
+    return 0;
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (sscanf(line, "Pss: %zu kB", &kb) == 1)
+      break;
+  fclose(f);
+  return kb * 1024;
 }
 
 #endif

@@ -14,7 +14,13 @@
  *     release function accepts NULL and then does nothing.
  *   - Structs the caller fills in start with `size_t struct_size`; initialise
  *     them with the matching *_INIT macro.  Fields are only ever appended, so a
- *     program built against an older header keeps working.
+ *     program built against an older header keeps working: the library
+ *     accepts any struct_size from the struct's 1.0 size up.  For input
+ *     structs it reads min(struct_size, its sizeof) bytes (newer fields it
+ *     does not know are ignored, fields the caller does not have keep their
+ *     defaults); output structs are written up to the same bound, never
+ *     further.  A struct_size below the 1.0 size is MS_EINVAL.  Padding a
+ *     1.0 struct had at its end is an explicit reserved* field.
  *   - There is no global error state.  Each object remembers, per calling
  *     thread, a human-readable message for the last error it returned.
  *
@@ -87,7 +93,8 @@ MS_EXPORT const char *ms_version_string(void);
   XX(ESTALE, -12, "stale descriptor: the region was recycled")                 \
   XX(ENOTSUP, -13, "operation not supported on this platform")                 \
   XX(EACCES, -14, "permission denied")                                         \
-  XX(ERANGE, -15, "value out of range")
+  XX(ERANGE, -15, "value out of range")                                        \
+  XX(ECANCELED, -16, "the request was cancelled")
 
 typedef enum ms_errno {
 #define MS__ERR_ENUM(name, value, text) MS_##name = (value),
@@ -284,13 +291,21 @@ typedef struct ms_loader {
    * A positive return is treated as MS_ELOAD.
    * Runs on the thread of the first caller (or on libuv's thread pool for
    * ms_registry_acquire_async), with no registry lock held.
+   *
+   * It must return: it must not throw (C++), longjmp out, or exit or
+   * cancel its thread.  The entry would then stay LOADING for ever, and
+   * every waiter with MS_WAIT_FOREVER (and ms_registry_destroy()) with it.
+   * Report failure with a negative return instead.
    */
   int (*load)(void *user, const char *path, const char *config_json,
               void **model, size_t *bytes);
   /** Frees a model returned by load.  Exactly once per successful load. May
    *  be NULL.  Runs with no registry lock held, on whichever thread evicts. */
   void (*unload)(void *user, void *model);
-  /** Passed to load and unload unchanged. */
+  /** Passed to load and unload unchanged.  Whatever it points to must
+   *  outlive every model loaded through this loader: unload runs with it
+   *  when the model is evicted, possibly long after the acquire returned
+   *  (at the latest in ms_registry_trim() or ms_registry_destroy()). */
   void *user;
 } ms_loader_t;
 
@@ -329,8 +344,8 @@ typedef struct ms_registry_options {
 
 /**
  * Creates a registry.  options may be NULL for the defaults.
- * Errors: MS_EINVAL (out is NULL, or options->struct_size is too small),
- *   MS_ENOMEM.
+ * Errors: MS_EINVAL (out is NULL, or options->struct_size is below the 1.0
+ *   size), MS_ENOMEM.
  */
 MS_EXPORT int ms_registry_create(const ms_registry_options_t *options,
                                  ms_registry_t **out);
@@ -338,10 +353,17 @@ MS_EXPORT int ms_registry_create(const ms_registry_options_t *options,
 /**
  * Destroys a registry, unloading every cached model (each unload runs once,
  * on the calling thread).  NULL returns 0.
- * Errors: MS_EBUSY if a model is still held, a load is in flight, an async
- *   acquire is pending or an eviction timer is attached; nothing is changed
- *   then.
- * Thread-safe, but no other call on reg may start once this one began.
+ * Errors: MS_EBUSY (nothing is changed) while the registry is in use:
+ *   a model is still held, a load is in flight, an async acquire is
+ *   pending (its callback has not returned yet), an eviction timer is
+ *   attached, or any other call on reg is still in progress on another
+ *   thread -- for instance a release with idle_ttl_ms 0 that is unloading
+ *   the model it just released, or a waiter still waking up from a failed
+ *   load.  Destroy never waits for them: retry later (ms_registry_errmsg()
+ *   says what was busy).  Once it returned 0, no call of another thread is
+ *   inside the registry any more.
+ * Thread-safe, but a call on reg that starts after destroy returned 0 is
+ * undefined (reg is freed).
  */
 MS_EXPORT int ms_registry_destroy(ms_registry_t *reg);
 
@@ -411,20 +433,21 @@ MS_EXPORT int ms_registry_trim(ms_registry_t *reg, size_t *count);
  *  Thread-safe. */
 MS_EXPORT int ms_registry_expire(ms_registry_t *reg, size_t *count);
 
-/** Counters of a registry.  Initialise struct_size (MS_REGISTRY_STATS_INIT). */
+/** Counters of a registry.  Initialise with MS_REGISTRY_STATS_INIT.
+ *  Counts are since the registry was created. */
 typedef struct ms_registry_stats_s {
   size_t struct_size;
-  uint64_t hits;          /**< acquires served without running a loader */
-  uint64_t misses;        /**< acquires that ran the loader */
-  uint64_t waits;         /**< hits that waited for another caller's load */
-  uint64_t timeouts;      /**< waits that ended in MS_ETIMEDOUT */
-  uint64_t loads;         /**< successful loads */
-  uint64_t load_failures; /**< loads that failed (incl. over budget) */
-  uint64_t evictions;     /**< models unloaded (TTL, budget, evict, trim) */
-  uint64_t bytes_resident;
-  uint64_t models_resident;
-  uint64_t models_held;   /**< resident models with at least one holder */
-  uint64_t load_ns_total; /**< wall time spent in successful loads */
+  uint64_t hits;            /**< acquires served without running a loader */
+  uint64_t misses;          /**< acquires that ran the loader */
+  uint64_t waits;           /**< hits that waited for another caller's load */
+  uint64_t timeouts;        /**< waits that ended in MS_ETIMEDOUT */
+  uint64_t loads;           /**< successful loads */
+  uint64_t load_failures;   /**< loads that failed (incl. over budget) */
+  uint64_t evictions;       /**< models unloaded (TTL, budget, evict, trim) */
+  uint64_t bytes_resident;  /**< sum of the loaders' reported sizes */
+  uint64_t models_resident; /**< models loaded and not yet evicted */
+  uint64_t models_held;     /**< resident models with at least one holder */
+  uint64_t load_ns_total;   /**< wall time in successful loads, in ns */
 } ms_registry_stats_t;
 
 /* Every field is listed so that -Wmissing-field-initializers stays quiet. */
@@ -432,8 +455,17 @@ typedef struct ms_registry_stats_s {
   { sizeof(ms_registry_stats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 /**
- * Fills *stats with a consistent snapshot, up to stats->struct_size bytes.
- * Errors: MS_EINVAL (NULL argument or struct_size too small).  Thread-safe.
+ * Fills *stats, up to min(stats->struct_size, sizeof(ms_registry_stats_t))
+ * bytes; stats->struct_size is left as the caller set it.
+ * Consistency: misses, loads, load_failures, evictions, bytes_resident,
+ * models_resident and load_ns_total change only under the registry's
+ * write lock, which this call excludes: they are one consistent snapshot
+ * (e.g. bytes_resident is exactly the sum of the resident models' bytes).
+ * hits, waits, timeouts and models_held change without that lock (cache
+ * hits and releases take no write lock), so they may be a few operations
+ * ahead of or behind the others when other threads are busy.
+ * Errors: MS_EINVAL (NULL argument, or struct_size below the 1.0 size;
+ * *stats is then untouched).  Thread-safe.
  */
 MS_EXPORT int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats);
 
@@ -464,8 +496,29 @@ MS_EXPORT int ms_registry_foreach(ms_registry_t *reg,
                                   void *user);
 
 /**
- * The counters and per-model listing as a JSON object:
- *   {"hits":..,"misses":..,...,"models":[{"path":..,"config":..,...}]}
+ * The counters and per-model listing as one JSON object.  Every number is
+ * an integer; times come in two units (the *_ns fields are exact, the
+ * *_ms fields are the same times in whole milliseconds, rounded down, for
+ * humans and older readers):
+ *   hits, misses, waits, timeouts, loads, load_failures, evictions,
+ *   bytes_resident, models_resident, models_held
+ *                      the ms_registry_stats_t fields of the same names
+ *                      (counts; bytes_resident in bytes)
+ *   load_ns_total      wall time of all successful loads, nanoseconds
+ *   load_ms_total      the same in milliseconds
+ *   models             one object per resident (READY) model:
+ *     path, config     canonical path and config JSON (strings)
+ *     bytes            size reported by its loader, bytes
+ *     refcount         current holders
+ *     hits             acquires served from cache
+ *     loaded_at_ns     uv_hrtime() clock when its load finished, ns
+ *     age_ms           milliseconds since then
+ *     load_ns, load_ms how long its load took (ns; ms)
+ *     idle_ms          milliseconds since an expiry pass first saw it idle;
+ *                      0 while held or not yet seen idle
+ * Counters and the listing are two snapshots taken one after the other
+ * (see ms_registry_stats() for what each is consistent with).  JSON
+ * numbers are doubles: exact up to 2^53.
  * On success *json is a NUL-terminated string the caller frees with
  * ms_free().  Errors: MS_EINVAL (NULL argument), MS_ENOMEM.  Thread-safe.
  */
@@ -477,8 +530,16 @@ MS_EXPORT void ms_free(void *ptr);
 
 /**
  * The message for the last error the calling thread got from a function on
- * reg ("" if none).  Owned by the library; valid until the next failing
- * call on reg from this thread.  NULL reg returns "".
+ * reg ("" if none).  NULL reg returns "".
+ *
+ * Lifetime: messages live in a small per-thread table (4 objects per
+ * thread, at most 511 bytes each, longer ones truncated).  The string is
+ * owned by the library and belongs to the calling thread: read it on this
+ * thread, before its next failing call on reg, and before failing calls
+ * on 4 other registries or allocators from this thread reuse its slot (the
+ * pointer then shows their message).  Copy it to keep it.  Destroying reg
+ * clears it.  For async acquires, the callback's failure text is put here
+ * on the loop thread before the callback runs.
  */
 MS_EXPORT const char *ms_registry_errmsg(const ms_registry_t *reg);
 
@@ -957,18 +1018,42 @@ struct uv_loop_s;
 /**
  * Called on the loop thread when an async acquire finishes.  On success
  * status is 0 and model holds one reference the callback owns; otherwise
- * status is a negative MS_E* (or loader) code and model is NULL.
+ * status is a negative MS_E* (or loader) code and model is NULL.  During
+ * the callback (and until the next failing call on the registry from the
+ * loop thread), ms_registry_errmsg(reg) on the loop thread returns the
+ * text of a failure: the loader's error, the budget refusal, the timeout
+ * or the cancellation.
  */
 typedef void (*ms_acquire_cb)(int status, ms_model_t *model, void *user_data);
 
+/** An async acquire in progress (see ms_registry_acquire_async2()). */
+typedef struct ms_acquire_req ms_acquire_req_t;
+
 /**
- * Acquires key without blocking the loop: the lookup and, on a miss, the
- * load run on libuv's thread pool (uv_queue_work); cb runs later on the
- * thread running loop, never from inside this call.  Deduplicated with
+ * Acquires key without blocking the loop.  cb runs exactly once, later, on
+ * the thread running loop, never from inside this call.  Deduplicated with
  * synchronous and other async callers of the same key.  key and loader are
  * copied; they may be freed when this returns.
- * Errors (cb is then not called): MS_EINVAL (NULL argument), MS_ENOMEM.
- * Call from the loop's thread.
+ *
+ * Waiting is event-driven: a request for a model that is loading joins the
+ * load's waiter list and is completed through a uv_async_t on loop when the
+ * load ends; no thread waits for it.  Only the load itself runs on libuv's
+ * thread pool (uv_queue_work), so waiters never starve the pool, and a
+ * loader may itself use the pool.
+ *
+ * timeout_ms bounds the wait for a load started by another caller
+ * (MS_WAIT_FOREVER: no limit; 0: MS_ETIMEDOUT on the loop's next
+ * iteration unless the model is ready by then); the load goes on and its result
+ * is cached.  A request whose miss started the load waits for that load without
+ * limit, like a synchronous caller running the loader.
+ *
+ * Errors (cb is then not called): MS_EINVAL (NULL argument, loader
+ *   struct_size below the 1.0 size), MS_ENOMEM.
+ * The callback's status: 0, the loader's code, MS_ENOMEM, MS_ERANGE,
+ *   MS_ETIMEDOUT, MS_ECANCELED.
+ * Call from the loop's thread.  The loop must run until every callback has
+ * run (pending requests keep it alive) before it is closed; until then
+ * ms_registry_destroy() returns MS_EBUSY.
  */
 MS_EXPORT int ms_registry_acquire_async(ms_registry_t *reg,
                                         struct uv_loop_s *loop,
@@ -976,6 +1061,32 @@ MS_EXPORT int ms_registry_acquire_async(ms_registry_t *reg,
                                         const ms_loader_t *loader,
                                         uint64_t timeout_ms, ms_acquire_cb cb,
                                         void *user_data);
+
+/**
+ * ms_registry_acquire_async() that also returns a handle to the request in
+ * *req (req may be NULL), for ms_registry_acquire_cancel().  *req is valid
+ * from this call's success until its callback returns; it is owned by the
+ * library (never free it).  Since 1.1.
+ */
+MS_EXPORT int
+ms_registry_acquire_async2(ms_registry_t *reg, struct uv_loop_s *loop,
+                           const ms_key_t *key, const ms_loader_t *loader,
+                           uint64_t timeout_ms, ms_acquire_cb cb,
+                           void *user_data, ms_acquire_req_t **req);
+
+/**
+ * Cancels an async acquire whose callback has not run yet.  The callback
+ * still runs exactly once, later on the loop thread (never from inside this
+ * call), with status MS_ECANCELED and a NULL model, whatever happened
+ * meanwhile: a model the request had already obtained is released again.
+ * Cancelling never stops a load: other waiters still get its result, and a
+ * successful load stays cached (idle).  Cancelling twice is harmless.
+ * Returns 0, MS_EINVAL (NULL req), or MS_ENOENT when called from inside the
+ * request's own callback (too late: the result is being delivered).
+ * Calling it after the callback returned is undefined (req is gone).
+ * Call from the loop's thread.  Since 1.1.
+ */
+MS_EXPORT int ms_registry_acquire_cancel(ms_acquire_req_t *req);
 
 /**
  * Attaches a repeating uv_timer to loop that runs ms_registry_expire()

@@ -8,4 +8,7 @@ cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/release --target modelshare -j "$(nproc 2>/dev/null || echo 2)"
 abidw --headers-dir include --no-corpus-path --out-file abi/libmodelshare.abi \
   build/release/libmodelshare.so
-echo "wrote abi/libmodelshare.abi"
+printf '#include <modelshare.h>\n#include <stdio.h>\nint main(void) {\n#define P(n, v, t) printf("%%s %%d\\n", #n, v);\n  MS_ERRNO_MAP(P)\n  return 0;\n}\n' > build/release/errno.c
+cc -std=c11 -I include build/release/errno.c -o build/release/errno
+build/release/errno > abi/errno.txt
+echo "wrote abi/libmodelshare.abi and abi/errno.txt"

@@ -1,12 +1,18 @@
 /* Model registry: table, entry states, single-flight loads, refcounts,
  * TTL / LRU-budget / explicit eviction. */
 #include "internal/registry.h"
+#include "internal/abi.h"
 #include "internal/key.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define INITIAL_BUCKETS 16
+
+_Static_assert(MS__REGISTRY_OPTIONS_V1 <= sizeof(ms_registry_options_t),
+               "1.0 registry options size");
+_Static_assert(MS__LOADER_V1 <= sizeof(ms_loader_t), "1.0 loader size");
 
 /* ------------------------------------------------------------------------ */
 /* Table                                                                     */
@@ -184,13 +190,9 @@ int ms_registry_create(const ms_registry_options_t *options,
   ms_registry_options_t opt = MS_REGISTRY_OPTIONS_INIT;
   if (out == NULL)
     return MS_EINVAL;
-  if (options != NULL) {
-    if (options->struct_size <
-        offsetof(ms_registry_options_t, max_bytes) + sizeof(options->max_bytes))
-      return MS_EINVAL;
-    opt.idle_ttl_ms = options->idle_ttl_ms;
-    opt.max_bytes = options->max_bytes;
-  }
+  if (options != NULL &&
+      ms__struct_in(&opt, sizeof(opt), options, MS__REGISTRY_OPTIONS_V1) != 0)
+    return MS_EINVAL;
 
   ms_registry_t *reg = calloc(1, sizeof(*reg));
   if (reg == NULL)
@@ -205,7 +207,7 @@ int ms_registry_create(const ms_registry_options_t *options,
   reg->idle_ttl_ms = opt.idle_ttl_ms;
   reg->max_bytes = opt.max_bytes;
 
-  if (uv_rwlock_init(&reg->lock) != 0)
+  if (ms__br_init(&reg->lock) != 0)
     goto fail_lock;
   if (uv_mutex_init(&reg->wait_mutex) != 0)
     goto fail_mutex;
@@ -217,7 +219,7 @@ int ms_registry_create(const ms_registry_options_t *options,
 fail_cond:
   uv_mutex_destroy(&reg->wait_mutex);
 fail_mutex:
-  uv_rwlock_destroy(&reg->lock);
+  ms__br_destroy(&reg->lock);
 fail_lock:
   free(reg->buckets);
   free(reg);
@@ -228,28 +230,44 @@ int ms_registry_destroy(ms_registry_t *reg) {
   if (reg == NULL)
     return 0;
   ms_model_t *list = NULL;
-  uv_rwlock_wrlock(&reg->lock);
+  ms__br_wrlock(&reg->lock);
   if (atomic_load(&reg->pending_async) != 0 || atomic_load(&reg->timer)) {
-    uv_rwlock_wrunlock(&reg->lock);
+    ms__br_wrunlock(&reg->lock);
     return ms__errmsg_set(reg, MS_EBUSY,
                           "async acquires pending or eviction timer attached");
   }
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next)
       if (!is_idle(e)) {
-        uv_rwlock_wrunlock(&reg->lock);
-        return ms__errmsg_set(
+        /* The message before the unlock: e may be evicted and freed as
+         * soon as the lock goes. */
+        ms__errmsg_set(
             reg, MS_EBUSY, "model \"%s\" is %s", e->path,
             atomic_load(&e->state) == MS__LOADING ? "loading" : "still held");
+        ms__br_wrunlock(&reg->lock);
+        return MS_EBUSY;
       }
+  /* Calls in progress count themselves in before they change anything
+   * that would make the registry look unused (a TTL-0 release before its
+   * last reference goes, a loader before its entry leaves the table, a
+   * waiter before it waits) and out after their last access.  Read after
+   * the entries: a release seen above as gone was counted in before it
+   * went.  If none is counted now, none can touch reg again (a call that
+   * starts after this one is the caller's bug). */
+  uint64_t calls = ms__br_calls(&reg->lock);
+  if (calls != 0) {
+    ms__br_wrunlock(&reg->lock);
+    return ms__errmsg_set(reg, MS_EBUSY, "%llu call(s) still in progress",
+                          (unsigned long long)calls);
+  }
   evict_matching(reg, pred_any, 0, &list);
-  uv_rwlock_wrunlock(&reg->lock);
+  ms__br_wrunlock(&reg->lock);
 
   (void)unload_list(list);
   ms__errmsg_clear(reg);
   uv_cond_destroy(&reg->wait_cond);
   uv_mutex_destroy(&reg->wait_mutex);
-  uv_rwlock_destroy(&reg->lock);
+  ms__br_destroy(&reg->lock);
   free(reg->buckets);
   free(reg);
   return 0;
@@ -260,7 +278,7 @@ int ms_registry_destroy(ms_registry_t *reg) {
 /* ------------------------------------------------------------------------ */
 
 static ms_model_t *entry_new(ms_registry_t *reg, const ms_key_t *key,
-                             const ms_loader_t *loader) {
+                             const ms_loader_t *loader, int loader_here) {
   ms_model_t *e = malloc(sizeof(*e) + key->path_len + key->config_len + 2);
   if (e == NULL)
     return NULL;
@@ -278,17 +296,29 @@ static ms_model_t *entry_new(ms_registry_t *reg, const ms_key_t *key,
   atomic_init(&e->idle_seq, 0);
   atomic_init(&e->idle_since_ns, 0);
   atomic_init(&e->state, MS__LOADING);
-  e->loader_thread = uv_thread_self();
+  e->loader_known = loader_here;
+  if (loader_here)
+    e->loader_thread = uv_thread_self();
   e->unload = loader->unload;
   e->user = loader->user;
   return e;
+}
+
+static void entry_free(ms_model_t *e) {
+  free(e->errmsg);
+  free(e);
 }
 
 /* Drops a reference to an entry that is not READY (a waiter or the loader
  * of a failed load).  The last one frees it: it is no longer reachable. */
 static void entry_drop_failed(ms_model_t *e) {
   if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
-    free(e);
+    entry_free(e);
+}
+
+/* The failure text of a FAILED entry (wait_mutex held or state final). */
+static const char *entry_errmsg(const ms_model_t *e) {
+  return e->errmsg != NULL ? e->errmsg : ms_strerror(e->status);
 }
 
 /* Waits for another caller's load of e; the caller holds one ref on e. */
@@ -329,10 +359,36 @@ static int wait_for_load(ms_registry_t *reg, ms_model_t *e, uint64_t timeout_ms,
     *out = e;
     return 0;
   }
-  ms__errmsg_set(reg, status, "loading \"%s\" failed: %s", e->path,
-                 ms_strerror(status));
+  /* FAILED is final: the text stays while we hold our reference. */
+  ms__errmsg_set(reg, status, "%s", entry_errmsg(e));
   entry_drop_failed(e);
   return status;
+}
+
+/* wait_mutex held, state just became final.  Completes every async waiter
+ * of e: each keeps its reference on success (it becomes the callback's
+ * handle) and drops it on failure (the publisher still holds one, so this
+ * never frees e). */
+static void complete_waiters_locked(ms_model_t *e) {
+  ms_acquire_req_t *w = e->waiters;
+  e->waiters = NULL;
+  while (w != NULL) {
+    ms_acquire_req_t *next = w->next;
+    w->next = NULL;
+    w->entry = NULL;
+    w->status = e->status;
+    if (e->status == 0) {
+      if (!w->origin)
+        atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
+      w->model = e;
+    } else {
+      (void)snprintf(w->errmsg, sizeof(w->errmsg), "%s", entry_errmsg(e));
+      atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel);
+    }
+    w->done = 1;
+    uv_async_send(&w->async); /* w may be freed from here on */
+    w = next;
+  }
 }
 
 /* Runs the loader for e (the caller holds its first reference) and
@@ -349,13 +405,25 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
 
   ms_model_t *evicted = NULL;
   int refused = 0; /* loaded, but cannot be kept: unload it again */
-  uv_rwlock_wrlock(&reg->lock);
+  char msg[MS__REQ_ERRLEN];
+  msg[0] = '\0';
+  ms__br_wrlock(&reg->lock);
   if (rc == 0 && (uint64_t)bytes > UINT64_MAX - reg->bytes_resident) {
     rc = MS_ERANGE; /* an absurd size would wrap the accounting */
     refused = 1;
+    (void)snprintf(msg, sizeof(msg),
+                   "loader for \"%s\" reported an absurd size (%zu bytes)",
+                   e->path, bytes);
   } else if (rc == 0 && budget_make_room(reg, bytes, &evicted) != 0) {
     rc = MS_ENOMEM;
     refused = 1;
+    (void)snprintf(msg, sizeof(msg),
+                   "\"%s\" needs %zu bytes: over the %llu-byte budget "
+                   "even with every idle model evicted",
+                   e->path, bytes, (unsigned long long)reg->max_bytes);
+  } else if (rc != 0) {
+    (void)snprintf(msg, sizeof(msg), "loader for \"%s\" failed: %s (%d)",
+                   e->path, ms_strerror(rc), rc);
   }
   if (rc == 0) {
     e->model = model;
@@ -373,84 +441,83 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
   } else {
     (void)table_unlink(reg, e);
     atomic_fetch_add_explicit(&reg->load_failures, 1, memory_order_relaxed);
+    e->errmsg = strdup(msg); /* NULL: waiters fall back to ms_strerror */
   }
   uv_mutex_lock(&reg->wait_mutex);
   e->status = rc;
   atomic_store_explicit(&e->state, rc == 0 ? MS__READY : MS__FAILED,
                         memory_order_release);
+  complete_waiters_locked(e);
   uv_cond_broadcast(&reg->wait_cond);
   uv_mutex_unlock(&reg->wait_mutex);
-  uv_rwlock_wrunlock(&reg->lock);
+  ms__br_wrunlock(&reg->lock);
 
   (void)unload_list(evicted);
   if (rc == 0) {
     *out = e;
     return 0;
   }
-  if (refused) {
-    if (e->unload != NULL)
-      e->unload(e->user, model);
-    if (rc == MS_ERANGE)
-      ms__errmsg_set(reg, rc,
-                     "loader for \"%s\" reported an absurd size "
-                     "(%zu bytes)",
-                     e->path, bytes);
-    else
-      ms__errmsg_set(reg, rc,
-                     "\"%s\" needs %zu bytes: over the %llu-byte budget "
-                     "even with every idle model evicted",
-                     e->path, bytes, (unsigned long long)reg->max_bytes);
-  } else {
-    ms__errmsg_set(reg, rc, "loader for \"%s\" failed: %s (%d)", e->path,
-                   ms_strerror(rc), rc);
-  }
+  if (refused && e->unload != NULL)
+    e->unload(e->user, model);
+  ms__errmsg_set(reg, rc, "%s", msg);
   entry_drop_failed(e);
   return rc;
 }
 
-static int acquire_slow(ms_registry_t *reg, const ms_key_t *key,
-                        const ms_loader_t *loader, uint64_t timeout_ms,
-                        ms_model_t **out) {
-  ms_model_t *expired = NULL;
-  uv_rwlock_wrlock(&reg->lock);
-  ms_model_t *e = table_find(reg, key);
-  if (e != NULL) {
-    if (atomic_load_explicit(&e->state, memory_order_acquire) == MS__READY) {
-      atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
-      atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
-      uv_rwlock_wrunlock(&reg->lock);
-      *out = e;
-      return 0;
-    }
-    uv_thread_t self = uv_thread_self();
-    if (uv_thread_equal(&e->loader_thread, &self)) {
-      uv_rwlock_wrunlock(&reg->lock);
-      return ms__errmsg_set(reg, MS_EDEADLK,
-                            "\"%s\" requested from inside its own loader",
-                            e->path);
-    }
-    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
-    uv_rwlock_wrunlock(&reg->lock);
-    return wait_for_load(reg, e, timeout_ms, out);
-  }
-
-  /* A miss: the slow path is a good moment to drop expired idle models. */
-  evict_matching(reg, pred_expired, uv_hrtime(), &expired);
-  e = entry_new(reg, key, loader);
-  if (e == NULL) {
-    uv_rwlock_wrunlock(&reg->lock);
-    (void)unload_list(expired);
-    return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
-  }
+/* Write lock held, key not in the table: a new LOADING entry for it, held
+ * once for its loader.  NULL when out of memory. */
+static ms_model_t *insert_locked(ms_registry_t *reg, const ms_key_t *key,
+                                 const ms_loader_t *loader, int loader_here) {
+  ms_model_t *e = entry_new(reg, key, loader, loader_here);
+  if (e == NULL)
+    return NULL;
   ms_model_t **b = bucket_of(reg, e->hash);
   e->next = *b;
   *b = e;
   if (++reg->nentries > reg->nbuckets)
     table_grow(reg);
   atomic_fetch_add_explicit(&reg->misses, 1, memory_order_relaxed);
-  uv_rwlock_wrunlock(&reg->lock);
+  return e;
+}
 
+/* Write lock held: e is LOADING and the calling thread is its loader. */
+static int is_own_load(const ms_model_t *e) {
+  uv_thread_t self = uv_thread_self();
+  return e->loader_known && uv_thread_equal(&e->loader_thread, &self);
+}
+
+static int acquire_slow(ms_registry_t *reg, const ms_key_t *key,
+                        const ms_loader_t *loader, uint64_t timeout_ms,
+                        ms_model_t **out) {
+  ms_model_t *expired = NULL;
+  ms__br_wrlock(&reg->lock);
+  ms_model_t *e = table_find(reg, key);
+  if (e != NULL) {
+    if (atomic_load_explicit(&e->state, memory_order_acquire) == MS__READY) {
+      atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+      atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
+      ms__br_wrunlock(&reg->lock);
+      *out = e;
+      return 0;
+    }
+    if (is_own_load(e)) {
+      ms__br_wrunlock(&reg->lock);
+      return ms__errmsg_set(reg, MS_EDEADLK,
+                            "\"%s\" requested from inside its own loader",
+                            e->path);
+    }
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    ms__br_wrunlock(&reg->lock);
+    return wait_for_load(reg, e, timeout_ms, out);
+  }
+
+  /* A miss: the slow path is a good moment to drop expired idle models. */
+  evict_matching(reg, pred_expired, uv_hrtime(), &expired);
+  e = insert_locked(reg, key, loader, 1);
+  ms__br_wrunlock(&reg->lock);
   (void)unload_list(expired);
+  if (e == NULL)
+    return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
   return run_load(reg, e, loader, out);
 }
 
@@ -459,28 +526,35 @@ int ms_registry_acquire_key(ms_registry_t *reg, const ms_key_t *key,
                             ms_model_t **out) {
   if (MS__UNLIKELY(reg == NULL || key == NULL || out == NULL ||
                    loader == NULL || loader->load == NULL ||
-                   loader->struct_size < sizeof(ms_loader_t))) {
+                   loader->struct_size < MS__LOADER_V1)) {
     return reg == NULL ? MS_EINVAL
                        : ms__errmsg_set(reg, MS_EINVAL,
                                         "NULL argument, or no load function, "
                                         "or loader struct_size too small");
   }
 
-  /* Hit path: read lock, lookup, two atomic increments.  No allocation,
-   * no system call. */
-  uv_rwlock_rdlock(&reg->lock);
+  /* Hit path: the read side of the lock (this thread's slot only), lookup,
+   * two atomic increments on the entry.  No allocation, no system call. */
+  unsigned slot = ms__br_rdlock(&reg->lock);
   ms_model_t *e = table_find(reg, key);
   if (MS__LIKELY(e != NULL &&
                  atomic_load_explicit(&e->state, memory_order_acquire) ==
                      MS__READY)) {
     atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
-    uv_rwlock_rdunlock(&reg->lock);
+    ms__br_rdunlock(&reg->lock, slot);
     *out = e;
     return 0;
   }
-  uv_rwlock_rdunlock(&reg->lock);
-  return acquire_slow(reg, key, loader, timeout_ms, out);
+  ms__br_rdunlock(&reg->lock, slot);
+  /* The caller's loader may be older (smaller) or newer than ours. */
+  ms_loader_t l = MS_LOADER_INIT;
+  if (ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1) != 0)
+    return MS_EINVAL; /* checked above: cannot happen */
+  slot = ms__br_enter(&reg->lock);
+  int rc = acquire_slow(reg, key, &l, timeout_ms, out);
+  ms__br_leave(&reg->lock, slot);
+  return rc;
 }
 
 int ms_registry_acquire(ms_registry_t *reg, const char *path,
@@ -495,6 +569,88 @@ int ms_registry_acquire(ms_registry_t *reg, const char *path,
   rc = ms_registry_acquire_key(reg, key, loader, timeout_ms, out);
   ms_key_destroy(key);
   return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Async glue (registry_async.c): the same table, waiters completed through  */
+/* their uv_async_t instead of the condition variable.                       */
+/* ------------------------------------------------------------------------ */
+
+int ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
+                             const ms_loader_t *loader, ms_acquire_req_t *req,
+                             ms_model_t **load) {
+  ms_model_t *expired = NULL;
+  *load = NULL;
+  ms__br_wrlock(&reg->lock);
+  ms_model_t *e = table_find(reg, key);
+  if (e == NULL) {
+    evict_matching(reg, pred_expired, uv_hrtime(), &expired);
+    e = insert_locked(reg, key, loader, 0); /* loaded on the pool */
+    if (e == NULL) {
+      ms__br_wrunlock(&reg->lock);
+      (void)unload_list(expired);
+      return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
+    }
+    *load = e;
+    req->origin = 1;
+  } else if (atomic_load_explicit(&e->state, memory_order_acquire) !=
+             MS__READY) {
+    atomic_fetch_add_explicit(&reg->waits, 1, memory_order_relaxed);
+  }
+  atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed); /* req's */
+  uv_mutex_lock(&reg->wait_mutex);
+  if (atomic_load_explicit(&e->state, memory_order_relaxed) == MS__READY) {
+    atomic_fetch_add_explicit(&e->hits, 1, memory_order_relaxed);
+    req->status = 0;
+    req->model = e;
+    req->done = 1;
+    uv_async_send(&req->async);
+  } else { /* LOADING: FAILED entries are never in the table */
+    req->entry = e;
+    req->next = e->waiters;
+    e->waiters = req;
+  }
+  uv_mutex_unlock(&reg->wait_mutex);
+  ms__br_wrunlock(&reg->lock);
+  (void)unload_list(expired);
+  return 0;
+}
+
+void ms__registry_load(ms_registry_t *reg, ms_model_t *e,
+                       const ms_loader_t *loader) {
+  unsigned slot = ms__br_enter(&reg->lock);
+  ms__br_wrlock(&reg->lock);
+  e->loader_thread = uv_thread_self(); /* for MS_EDEADLK */
+  e->loader_known = 1;
+  ms__br_wrunlock(&reg->lock);
+  ms_model_t *m = NULL;
+  if (run_load(reg, e, loader, &m) == 0)
+    ms_model_release(m); /* the loader's reference; waiters hold theirs */
+  ms__br_leave(&reg->lock, slot);
+}
+
+int ms__registry_unwait(ms_registry_t *reg, ms_acquire_req_t *req, int status,
+                        const char *msg) {
+  int found = 0;
+  uv_mutex_lock(&reg->wait_mutex);
+  ms_model_t *e = req->entry;
+  if (!req->done && e != NULL) { /* not done: still on e's list */
+    for (ms_acquire_req_t **p = &e->waiters; *p != NULL; p = &(*p)->next)
+      if (*p == req) {
+        *p = req->next;
+        break;
+      }
+    found = 1;
+    /* The loader holds its own reference: this is never the last. */
+    atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel);
+    req->next = NULL;
+    req->entry = NULL;
+    req->status = status;
+    (void)snprintf(req->errmsg, sizeof(req->errmsg), "%s", msg);
+    req->done = 1;
+  }
+  uv_mutex_unlock(&reg->wait_mutex);
+  return found;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -513,14 +669,14 @@ ms_model_t *ms_model_retain(ms_model_t *model) {
 static void release_unload_now(ms_registry_t *reg, ms_model_t *e,
                                uint64_t hash) {
   ms_model_t *list = NULL;
-  uv_rwlock_wrlock(&reg->lock);
+  ms__br_wrlock(&reg->lock);
   for (ms_model_t *p = *bucket_of(reg, hash); p != NULL; p = p->next)
     if (p == e) {
       if (is_idle(p))
         evict_locked(reg, p, &list);
       break;
     }
-  uv_rwlock_wrunlock(&reg->lock);
+  ms__br_wrunlock(&reg->lock);
   (void)unload_list(list);
 }
 
@@ -528,15 +684,19 @@ void ms_model_release(ms_model_t *model) {
   if (model == NULL)
     return;
   /* Read everything needed before the reference goes: once it is gone,
-   * another thread may evict and free the entry. */
+   * another thread may evict and free the entry, or destroy reg. */
   ms_registry_t *reg = model->reg;
   const uint64_t hash = model->hash;
   const int unload_now = reg->idle_ttl_ms == 0;
+  unsigned slot = 0;
+  int entered = 0; /* counted as a call in progress (TTL 0) */
   uint_fast64_t old = atomic_load_explicit(&model->refs, memory_order_relaxed);
   for (;;) {
     /* The holder that makes the model idle records its place in the LRU
      * order and restarts its TTL clock (stamped by the next expiry pass),
-     * before the reference goes.  No clock read: releases stay cheap. */
+     * before the reference goes.  No clock read: releases stay cheap.
+     * With TTL 0 it also counts itself in as a call in progress, so that
+     * destroy cannot free reg under release_unload_now(). */
     if (old == 1) {
       atomic_store_explicit(
           &model->idle_seq,
@@ -544,6 +704,10 @@ void ms_model_release(ms_model_t *model) {
               1,
           memory_order_relaxed);
       atomic_store_explicit(&model->idle_since_ns, 0, memory_order_relaxed);
+      if (unload_now && !entered) {
+        slot = ms__br_enter(&reg->lock);
+        entered = 1;
+      }
     }
     if (atomic_compare_exchange_weak_explicit(&model->refs, &old, old - 1,
                                               memory_order_acq_rel,
@@ -552,6 +716,8 @@ void ms_model_release(ms_model_t *model) {
   }
   if (old == 1 && unload_now)
     release_unload_now(reg, model, hash);
+  if (entered)
+    ms__br_leave(&reg->lock, slot);
 }
 
 void *ms_model_get(const ms_model_t *model) {
@@ -581,7 +747,8 @@ int ms_registry_evict(ms_registry_t *reg, const ms_key_t *key) {
     return ms__errmsg_set(reg, MS_EINVAL, "key is NULL");
   ms_model_t *list = NULL;
   int rc = 0;
-  uv_rwlock_wrlock(&reg->lock);
+  unsigned slot = ms__br_enter(&reg->lock);
+  ms__br_wrlock(&reg->lock);
   ms_model_t *e = table_find(reg, key);
   if (e == NULL || atomic_load(&e->state) != MS__READY)
     rc = ms__errmsg_set(reg, MS_ENOENT, "\"%s\" is not cached", key->path);
@@ -589,8 +756,9 @@ int ms_registry_evict(ms_registry_t *reg, const ms_key_t *key) {
     rc = ms__errmsg_set(reg, MS_EBUSY, "\"%s\" is held", key->path);
   else
     evict_locked(reg, e, &list);
-  uv_rwlock_wrunlock(&reg->lock);
+  ms__br_wrunlock(&reg->lock);
   (void)unload_list(list);
+  ms__br_leave(&reg->lock, slot);
   return rc;
 }
 
@@ -600,10 +768,12 @@ static int evict_idle(ms_registry_t *reg,
   if (reg == NULL)
     return MS_EINVAL;
   ms_model_t *list = NULL;
-  uv_rwlock_wrlock(&reg->lock);
+  unsigned slot = ms__br_enter(&reg->lock);
+  ms__br_wrlock(&reg->lock);
   evict_matching(reg, pred, uv_hrtime(), &list);
-  uv_rwlock_wrunlock(&reg->lock);
+  ms__br_wrunlock(&reg->lock);
   size_t n = unload_list(list);
+  ms__br_leave(&reg->lock, slot);
   if (count != NULL)
     *count = n;
   return 0;

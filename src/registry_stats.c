@@ -1,4 +1,5 @@
 /* Registry statistics: counters, per-model listing, and their JSON form. */
+#include "internal/abi.h"
 #include "internal/registry.h"
 
 #include <cjson/cJSON.h>
@@ -6,17 +7,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+_Static_assert(MS__REGISTRY_STATS_V1 <= sizeof(ms_registry_stats_t),
+               "1.0 registry stats size");
+_Static_assert(MS__MODEL_INFO_V1 <= sizeof(ms_model_info_t),
+               "1.0 model info size");
+
 #define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
 
 int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
   if (reg == NULL)
     return MS_EINVAL;
-  if (stats == NULL || stats->struct_size < sizeof(size_t))
-    return ms__errmsg_set(reg, MS_EINVAL, "stats is NULL or too small");
+  if (stats == NULL || stats->struct_size < MS__REGISTRY_STATS_V1)
+    return ms__errmsg_set(reg, MS_EINVAL,
+                          "stats is NULL or its struct_size is below the "
+                          "1.0 size");
 
   ms_registry_stats_t s;
   memset(&s, 0, sizeof(s));
-  uv_rwlock_rdlock(&reg->lock);
+  unsigned slot = ms__br_rdlock(&reg->lock);
   s.hits = reg->retired_hits;
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next) {
@@ -33,12 +41,11 @@ int ms_registry_stats(ms_registry_t *reg, ms_registry_stats_t *stats) {
   s.load_failures = LOAD(reg->load_failures);
   s.evictions = LOAD(reg->evictions);
   s.load_ns_total = LOAD(reg->load_ns_total);
-  uv_rwlock_rdunlock(&reg->lock);
+  ms__br_rdunlock(&reg->lock, slot);
 
   /* Copy only what the caller's (possibly older, smaller) struct holds. */
-  size_t n = stats->struct_size < sizeof(s) ? stats->struct_size : sizeof(s);
-  s.struct_size = stats->struct_size;
-  memcpy(stats, &s, n);
+  s.struct_size = sizeof(s);
+  (void)ms__struct_out(stats, &s, sizeof(s), MS__REGISTRY_STATS_V1);
   return 0;
 }
 
@@ -50,7 +57,7 @@ typedef struct snap {
 } snap;
 
 static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
-  uv_rwlock_rdlock(&reg->lock);
+  unsigned slot = ms__br_rdlock(&reg->lock);
   size_t n = 0;
   for (size_t i = 0; i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next)
@@ -78,7 +85,7 @@ static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
       s->info.idle_since_ns = LOAD(e->refs) == 0 ? LOAD(e->idle_since_ns) : 0;
       s->info.load_ns = e->load_ns;
     }
-  uv_rwlock_rdunlock(&reg->lock);
+  ms__br_rdunlock(&reg->lock, slot);
 
   int rc = v != NULL ? 0 : MS_ENOMEM;
   for (size_t i = 0; i < k; i++)
@@ -138,6 +145,7 @@ static int model_json(cJSON *models, const ms_model_info_t *m, uint64_t now) {
          add_u64(o, "idle_ms",
                  m->idle_since_ns != 0 ? (now - m->idle_since_ns) / 1000000u
                                        : 0) &&
+         add_u64(o, "load_ns", m->load_ns) &&
          add_u64(o, "load_ms", m->load_ns / 1000000u) &&
          add_u64(o, "age_ms", (now - m->loaded_at_ns) / 1000000u);
 }
@@ -169,6 +177,7 @@ int ms_registry_stats_json(ms_registry_t *reg, char **json) {
            add_u64(root, "bytes_resident", s.bytes_resident) &&
            add_u64(root, "models_resident", s.models_resident) &&
            add_u64(root, "models_held", s.models_held) &&
+           add_u64(root, "load_ns_total", s.load_ns_total) &&
            add_u64(root, "load_ms_total", s.load_ns_total / 1000000u) &&
            (models = cJSON_AddArrayToObject(root, "models")) != NULL;
   for (size_t i = 0; ok && i < n; i++)

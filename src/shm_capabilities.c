@@ -1,11 +1,15 @@
 /* ms_capabilities: can this machine share memory, and how much. */
+#include "internal/abi.h"
 #include "internal/shm.h"
 
 #include <stdio.h>
 #include <string.h>
 
+_Static_assert(MS__CAPABILITIES_V1 <= sizeof(ms_capabilities_t),
+               "1.0 capabilities size");
+
 int ms_capabilities(const char *dir, ms_capabilities_t *caps) {
-  if (caps == NULL || caps->struct_size < sizeof(size_t))
+  if (caps == NULL || caps->struct_size < MS__CAPABILITIES_V1)
     return MS_EINVAL;
   ms_capabilities_t c = MS_CAPABILITIES_INIT;
   c.page_size = ms__page_size();
@@ -35,8 +39,6 @@ int ms_capabilities(const char *dir, ms_capabilities_t *caps) {
     }
     ms__ns_close(ns);
   }
-  size_t n = caps->struct_size < sizeof(c) ? caps->struct_size : sizeof(c);
-  c.struct_size = caps->struct_size;
-  memcpy(caps, &c, n);
+  (void)ms__struct_out(caps, &c, sizeof(c), MS__CAPABILITIES_V1);
   return 0;
 }

@@ -675,6 +675,11 @@ static void test_stats_json_and_foreach(void **state) {
                    2);
   assert_int_equal(cJSON_GetObjectItem(root, "models_held")->valuedouble, 1);
   assert_true(cJSON_GetObjectItem(root, "load_ms_total")->valuedouble >= 10);
+  /* Both units of the same total, consistent with the struct. */
+  double total_ns = cJSON_GetObjectItem(root, "load_ns_total")->valuedouble;
+  assert_int_equal((uint64_t)total_ns, get_stats(reg).load_ns_total);
+  assert_int_equal(cJSON_GetObjectItem(root, "load_ms_total")->valuedouble,
+                   (double)((uint64_t)total_ns / 1000000u));
   cJSON *models = cJSON_GetObjectItem(root, "models");
   assert_int_equal(cJSON_GetArraySize(models), 2);
   int saw_j1 = 0;
@@ -687,6 +692,10 @@ static void test_stats_json_and_foreach(void **state) {
       assert_int_equal(cJSON_GetObjectItem(m, "refcount")->valuedouble, 2);
       assert_int_equal(cJSON_GetObjectItem(m, "bytes")->valuedouble, 4096);
       assert_int_equal(cJSON_GetObjectItem(m, "hits")->valuedouble, 1);
+      double load_ns = cJSON_GetObjectItem(m, "load_ns")->valuedouble;
+      assert_true(load_ns >= 5e6);
+      assert_int_equal(cJSON_GetObjectItem(m, "load_ms")->valuedouble,
+                       (double)((uint64_t)load_ns / 1000000u));
     }
   }
   assert_true(saw_j1);
@@ -697,16 +706,16 @@ static void test_stats_json_and_foreach(void **state) {
   assert_int_equal(ms_registry_foreach(reg, count_models, &n), 0);
   assert_int_equal(n, 2);
 
-  /* An older, smaller stats struct gets only its own fields. */
+  /* A struct_size below the first released size is refused, untouched
+   * (sizes from 1.0 up: tests/test_abi.c). */
   struct {
     ms_registry_stats_t s;
     uint64_t canary;
   } small;
   memset(&small, 0xAB, sizeof(small));
   small.s.struct_size = offsetof(ms_registry_stats_t, misses);
-  assert_int_equal(ms_registry_stats(reg, &small.s), 0);
-  assert_int_equal(small.s.hits, 1);
-  assert_int_equal(small.s.misses, 0xABABABABABABABABULL);
+  assert_int_equal(ms_registry_stats(reg, &small.s), MS_EINVAL);
+  assert_int_equal(small.s.hits, 0xABABABABABABABABULL);
 
   ms_model_release(a);
   ms_model_release(b);

@@ -12,8 +12,17 @@
 #include <stddef.h>
 #include <string.h>
 
-/* Frozen 1.0 sizes (x86_64 / LP64 and LLP64 alike). */
+/* Frozen 1.0 sizes (x86_64 / LP64 and LLP64 alike): sizeof each struct at
+ * release 1.0 (commit 0233848).  Never change them.  Each is checked with a
+ * _Static_assert (<= today's sizeof) in the file that uses it.  None of the
+ * 1.0 registry and capabilities structs has tail padding (their last field
+ * ends at their sizeof), so none needs a reserved field. */
 #define MS__SHM_OPTIONS_V1 56
+#define MS__REGISTRY_OPTIONS_V1 24
+#define MS__LOADER_V1 32
+#define MS__REGISTRY_STATS_V1 96
+#define MS__MODEL_INFO_V1 72
+#define MS__CAPABILITIES_V1 48
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller
