@@ -1047,8 +1047,10 @@ typedef struct ms_acquire_req ms_acquire_req_t;
  * is cached.  A request whose miss started the load waits for that load without
  * limit, like a synchronous caller running the loader.
  *
- * Errors (cb is then not called): MS_EINVAL (NULL argument, loader
- *   struct_size below the 1.0 size), MS_ENOMEM.
+ * Errors (cb is then not called, and nothing is left for the loop to
+ *   close): MS_EINVAL (NULL argument, loader struct_size below the 1.0
+ *   size), MS_ENOMEM, MS_EIO (libuv could not make the request's async
+ *   handle, e.g. out of file descriptors).
  * The callback's status: 0, the loader's code, MS_ENOMEM, MS_ERANGE,
  *   MS_ETIMEDOUT, MS_ECANCELED.
  * Call from the loop's thread.  The loop must run until every callback has

@@ -39,7 +39,7 @@ static ms_model_t *table_find(ms_registry_t *reg, const ms_key_t *key) {
 static void table_grow(ms_registry_t *reg) {
   size_t n = reg->nbuckets * 2;
   // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
-  ms_model_t **nb = calloc(n, sizeof(*nb));
+  ms_model_t **nb = ms__calloc(n, sizeof(*nb));
   if (nb == NULL)
     return;
   for (size_t i = 0; i < reg->nbuckets; i++) {
@@ -52,7 +52,7 @@ static void table_grow(ms_registry_t *reg) {
       e = next;
     }
   }
-  free(reg->buckets);
+  ms__free(reg->buckets);
   reg->buckets = nb;
   reg->nbuckets = n;
 }
@@ -96,7 +96,7 @@ static size_t unload_list(ms_model_t *list) {
     ms_model_t *next = list->next;
     if (list->unload != NULL)
       list->unload(list->user, list->model);
-    free(list);
+    ms__free(list);
     list = next;
     n++;
   }
@@ -194,13 +194,13 @@ int ms_registry_create(const ms_registry_options_t *options,
       ms__struct_in(&opt, sizeof(opt), options, MS__REGISTRY_OPTIONS_V1) != 0)
     return MS_EINVAL;
 
-  ms_registry_t *reg = calloc(1, sizeof(*reg));
+  ms_registry_t *reg = ms__calloc(1, sizeof(*reg));
   if (reg == NULL)
     return MS_ENOMEM;
   // NOLINTNEXTLINE(bugprone-sizeof-expression): a table of pointers
-  reg->buckets = calloc(INITIAL_BUCKETS, sizeof(*reg->buckets));
+  reg->buckets = ms__calloc(INITIAL_BUCKETS, sizeof(*reg->buckets));
   if (reg->buckets == NULL) {
-    free(reg);
+    ms__free(reg);
     return MS_ENOMEM;
   }
   reg->nbuckets = INITIAL_BUCKETS;
@@ -221,8 +221,8 @@ fail_cond:
 fail_mutex:
   ms__br_destroy(&reg->lock);
 fail_lock:
-  free(reg->buckets);
-  free(reg);
+  ms__free(reg->buckets);
+  ms__free(reg);
   return MS_ENOMEM;
 }
 
@@ -241,9 +241,9 @@ int ms_registry_destroy(ms_registry_t *reg) {
       if (!is_idle(e)) {
         /* The message before the unlock: e may be evicted and freed as
          * soon as the lock goes. */
-        ms__errmsg_set(
-            reg, MS_EBUSY, "model \"%s\" is %s", e->path,
-            atomic_load(&e->state) == MS__LOADING ? "loading" : "still held");
+        ms__errmsg_set(reg, MS_EBUSY, "model \"%s\" is %s", e->path,
+                       atomic_load(&e->state) == MS__LOADING ? "loading"
+                                                             : "still held");
         ms__br_wrunlock(&reg->lock);
         return MS_EBUSY;
       }
@@ -268,8 +268,8 @@ int ms_registry_destroy(ms_registry_t *reg) {
   uv_cond_destroy(&reg->wait_cond);
   uv_mutex_destroy(&reg->wait_mutex);
   ms__br_destroy(&reg->lock);
-  free(reg->buckets);
-  free(reg);
+  ms__free(reg->buckets);
+  ms__free(reg);
   return 0;
 }
 
@@ -279,7 +279,7 @@ int ms_registry_destroy(ms_registry_t *reg) {
 
 static ms_model_t *entry_new(ms_registry_t *reg, const ms_key_t *key,
                              const ms_loader_t *loader, int loader_here) {
-  ms_model_t *e = malloc(sizeof(*e) + key->path_len + key->config_len + 2);
+  ms_model_t *e = ms__malloc(sizeof(*e) + key->path_len + key->config_len + 2);
   if (e == NULL)
     return NULL;
   memset(e, 0, sizeof(*e));
@@ -305,8 +305,8 @@ static ms_model_t *entry_new(ms_registry_t *reg, const ms_key_t *key,
 }
 
 static void entry_free(ms_model_t *e) {
-  free(e->errmsg);
-  free(e);
+  ms__free(e->errmsg);
+  ms__free(e);
 }
 
 /* Drops a reference to an entry that is not READY (a waiter or the loader
@@ -441,7 +441,7 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
   } else {
     (void)table_unlink(reg, e);
     atomic_fetch_add_explicit(&reg->load_failures, 1, memory_order_relaxed);
-    e->errmsg = strdup(msg); /* NULL: waiters fall back to ms_strerror */
+    e->errmsg = ms__strdup(msg); /* NULL: waiters fall back to ms_strerror */
   }
   uv_mutex_lock(&reg->wait_mutex);
   e->status = rc;
@@ -466,17 +466,22 @@ static int run_load(ms_registry_t *reg, ms_model_t *e,
 
 /* Write lock held, key not in the table: a new LOADING entry for it, held
  * once for its loader.  NULL when out of memory. */
-static ms_model_t *insert_locked(ms_registry_t *reg, const ms_key_t *key,
-                                 const ms_loader_t *loader, int loader_here) {
-  ms_model_t *e = entry_new(reg, key, loader, loader_here);
-  if (e == NULL)
-    return NULL;
+/* Write lock held: links a new entry (cannot fail). */
+static void link_locked(ms_registry_t *reg, ms_model_t *e) {
   ms_model_t **b = bucket_of(reg, e->hash);
   e->next = *b;
   *b = e;
   if (++reg->nentries > reg->nbuckets)
     table_grow(reg);
   atomic_fetch_add_explicit(&reg->misses, 1, memory_order_relaxed);
+}
+
+static ms_model_t *insert_locked(ms_registry_t *reg, const ms_key_t *key,
+                                 const ms_loader_t *loader, int loader_here) {
+  ms_model_t *e = entry_new(reg, key, loader, loader_here);
+  if (e == NULL)
+    return NULL;
+  link_locked(reg, e);
   return e;
 }
 
@@ -576,21 +581,28 @@ int ms_registry_acquire(ms_registry_t *reg, const char *path,
 /* their uv_async_t instead of the condition variable.                       */
 /* ------------------------------------------------------------------------ */
 
-int ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
-                             const ms_loader_t *loader, ms_acquire_req_t *req,
-                             ms_model_t **load) {
+ms_model_t *ms__registry_entry_new(ms_registry_t *reg, const ms_key_t *key,
+                                   const ms_loader_t *loader) {
+  return entry_new(reg, key, loader, 0); /* loaded on the pool */
+}
+
+void ms__registry_entry_drop(ms_model_t *e) {
+  if (e != NULL)
+    entry_free(e);
+}
+
+void ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
+                              ms_acquire_req_t *req, ms_model_t *spare,
+                              ms_model_t **load) {
   ms_model_t *expired = NULL;
   *load = NULL;
   ms__br_wrlock(&reg->lock);
   ms_model_t *e = table_find(reg, key);
   if (e == NULL) {
     evict_matching(reg, pred_expired, uv_hrtime(), &expired);
-    e = insert_locked(reg, key, loader, 0); /* loaded on the pool */
-    if (e == NULL) {
-      ms__br_wrunlock(&reg->lock);
-      (void)unload_list(expired);
-      return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
-    }
+    link_locked(reg, spare);
+    e = spare;
+    spare = NULL;
     *load = e;
     req->origin = 1;
   } else if (atomic_load_explicit(&e->state, memory_order_acquire) !=
@@ -613,7 +625,8 @@ int ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
   uv_mutex_unlock(&reg->wait_mutex);
   ms__br_wrunlock(&reg->lock);
   (void)unload_list(expired);
-  return 0;
+  if (spare != NULL)
+    entry_free(spare); /* never published */
 }
 
 void ms__registry_load(ms_registry_t *reg, ms_model_t *e,

@@ -38,7 +38,7 @@ static void load_work(uv_work_t *work) {
 /* Loop thread.  Never cancelled (uv_cancel is not used). */
 static void load_done(uv_work_t *work, int status) {
   (void)status;
-  free(work->data);
+  ms__free(work->data);
 }
 
 /* Loop thread: the last handle closed; the last access to reg. */
@@ -47,7 +47,7 @@ static void req_closed(uv_handle_t *h) {
   if (--req->open_handles > 0)
     return;
   ms_registry_t *reg = req->reg;
-  free(req);
+  ms__free(req);
   atomic_fetch_sub(&reg->pending_async, 1);
 }
 
@@ -100,18 +100,21 @@ int ms_registry_acquire_async2(ms_registry_t *reg, uv_loop_t *loop,
   ms_loader_t l = MS_LOADER_INIT;
   if (ms__struct_in(&l, sizeof(l), loader, MS__LOADER_V1) != 0)
     return MS_EINVAL; /* checked above: cannot happen */
-  ms_acquire_req_t *req = calloc(1, sizeof(*req));
-  load_job *job = malloc(sizeof(*job)); /* used on a miss only */
-  if (req == NULL || job == NULL) {
-    free(req);
-    free(job);
-    return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
-  }
-  int rc = uv_async_init(loop, &req->async, req_async_cb);
+  /* Everything that can fail comes first, before the request's handle
+   * exists: a refused call leaves nothing for the loop to close.  The job
+   * and the spare entry serve a miss only. */
+  ms_acquire_req_t *req = ms__calloc(1, sizeof(*req));
+  load_job *job = ms__malloc(sizeof(*job));
+  ms_model_t *spare = ms__registry_entry_new(reg, key, &l);
+  int rc = req == NULL || job == NULL || spare == NULL
+               ? UV_ENOMEM
+               : uv_async_init(loop, &req->async, req_async_cb);
   if (rc != 0) {
-    free(req);
-    free(job);
-    return ms__errmsg_set(reg, MS_EINVAL, "uv_async_init: %s", uv_strerror(rc));
+    ms__free(req);
+    ms__free(job);
+    ms__registry_entry_drop(spare);
+    return ms__errmsg_set(reg, rc == UV_ENOMEM ? MS_ENOMEM : MS_EIO, "%s",
+                          rc == UV_ENOMEM ? "out of memory" : uv_strerror(rc));
   }
   req->async.data = req;
   req->open_handles = 1;
@@ -122,13 +125,7 @@ int ms_registry_acquire_async2(ms_registry_t *reg, uv_loop_t *loop,
 
   unsigned slot = ms__br_enter(&reg->lock);
   ms_model_t *load = NULL;
-  rc = ms__registry_begin_async(reg, key, &l, req, &load);
-  if (rc != 0) {
-    ms__br_leave(&reg->lock, slot);
-    free(job);
-    uv_close((uv_handle_t *)&req->async, req_closed);
-    return rc;
-  }
+  ms__registry_begin_async(reg, key, req, spare, &load);
   if (load != NULL) {
     job->work.data = job;
     job->reg = reg;
@@ -137,7 +134,7 @@ int ms_registry_acquire_async2(ms_registry_t *reg, uv_loop_t *loop,
     /* Cannot fail: the work callback is not NULL. */
     (void)uv_queue_work(loop, &job->work, load_work, load_done);
   } else {
-    free(job);
+    ms__free(job);
   }
   /* The timeout bounds waiting for another caller's load; the request
    * whose miss started the load waits for it like a synchronous loader. */
@@ -196,7 +193,7 @@ static void timer_tick(uv_timer_t *t) {
 
 static void timer_closed(uv_handle_t *h) {
   ms_registry_t *reg = h->data;
-  free(h);
+  ms__free(h);
   atomic_store(&reg->timer, NULL);
 }
 
@@ -206,12 +203,12 @@ int ms_registry_timer_start(ms_registry_t *reg, uv_loop_t *loop,
     return MS_EINVAL;
   if (loop == NULL || period_ms == 0)
     return ms__errmsg_set(reg, MS_EINVAL, "NULL loop or zero period");
-  uv_timer_t *t = malloc(sizeof(*t));
+  uv_timer_t *t = ms__malloc(sizeof(*t));
   if (t == NULL)
     return ms__errmsg_set(reg, MS_ENOMEM, "out of memory");
   void *expected = NULL;
   if (!atomic_compare_exchange_strong(&reg->timer, &expected, t)) {
-    free(t);
+    ms__free(t);
     return ms__errmsg_set(reg, MS_EBUSY, "a timer is already attached");
   }
   (void)uv_timer_init(loop, t); /* cannot fail on a valid loop */

@@ -63,14 +63,14 @@ static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next)
       if (atomic_load(&e->state) == MS__READY)
         n++;
-  snap *v = calloc(n > 0 ? n : 1, sizeof(*v));
+  snap *v = ms__calloc(n > 0 ? n : 1, sizeof(*v));
   size_t k = 0;
   for (size_t i = 0; v != NULL && i < reg->nbuckets; i++)
     for (ms_model_t *e = reg->buckets[i]; e != NULL; e = e->next) {
       if (atomic_load(&e->state) != MS__READY)
         continue;
       snap *s = &v[k++];
-      s->strings = malloc(e->path_len + e->config_len + 2);
+      s->strings = ms__malloc(e->path_len + e->config_len + 2);
       if (s->strings == NULL)
         continue; /* reported below */
       memcpy(s->strings, e->path, e->path_len + 1);
@@ -93,8 +93,8 @@ static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
       rc = MS_ENOMEM;
   if (rc != 0) {
     for (size_t i = 0; i < k; i++)
-      free(v[i].strings);
-    free(v);
+      ms__free(v[i].strings);
+    ms__free(v);
     return ms__errmsg_set(reg, rc, "out of memory");
   }
   *out = v;
@@ -104,8 +104,8 @@ static int snapshot(ms_registry_t *reg, snap **out, size_t *count) {
 
 static void snapshot_free(snap *v, size_t n) {
   for (size_t i = 0; i < n; i++)
-    free(v[i].strings);
-  free(v);
+    ms__free(v[i].strings);
+  ms__free(v);
 }
 
 int ms_registry_foreach(ms_registry_t *reg,

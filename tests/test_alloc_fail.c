@@ -214,7 +214,8 @@ static int sc_async(void) {
   }
   ms_key_destroy(key);
   int d = ms_registry_destroy(reg);
-  if (uv_loop_close(&loop) != 0 || (d != 0 && rc == 0))
+  int lc = uv_loop_close(&loop); /* a refused call left no handle */
+  if (lc != 0 || (d != 0 && rc == 0))
     rc = MS_EIO;
   return rc;
 }

@@ -108,14 +108,20 @@ struct ms_registry {
 
 /* For registry_async.c (defined in registry.c). */
 
+/* A LOADING entry for key, not yet in the table (NULL: out of memory). */
+ms_model_t *ms__registry_entry_new(ms_registry_t *reg, const ms_key_t *key,
+                                   const ms_loader_t *loader);
+/* Frees an entry from ms__registry_entry_new() never published (NULL ok). */
+void ms__registry_entry_drop(ms_model_t *e);
 /* Starts an async acquire: a hit completes req at once; a load in flight
- * queues req on its entry; a miss also creates the entry and returns it in
- * *load (holding the loader's reference): the caller must then run
- * ms__registry_load() for it.  Returns 0 or a negative code (req untouched,
- * message set). */
-int ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
-                             const ms_loader_t *loader,
-                             struct ms_acquire_req *req, ms_model_t **load);
+ * queues req on its entry; a miss publishes `spare` (from
+ * ms__registry_entry_new) and returns it in *load (holding the loader's
+ * reference): the caller must then run ms__registry_load() for it.  An
+ * unused spare is freed.  Cannot fail: everything it needs is allocated
+ * before the request's handle exists. */
+void ms__registry_begin_async(ms_registry_t *reg, const ms_key_t *key,
+                              struct ms_acquire_req *req, ms_model_t *spare,
+                              ms_model_t **load);
 /* Runs the loader for an entry from ms__registry_begin_async() and
  * publishes the result; drops the loader's reference. */
 void ms__registry_load(ms_registry_t *reg, ms_model_t *e,
