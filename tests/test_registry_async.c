@@ -372,7 +372,7 @@ static void test_eviction_timer(void **state) {
 
 int main(void) {
   /* libuv's default pool: 4 threads (the starvation test counts on it). */
-  (void)setenv("UV_THREADPOOL_SIZE", "4", 1);
+  (void)uv_os_setenv("UV_THREADPOOL_SIZE", "4");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_async_dedup_with_sync),
       cmocka_unit_test(test_async_failure_and_bad_input),
