@@ -182,7 +182,8 @@ MS_EXPORT int ms_replace_allocator(ms_malloc_func malloc_fn,
  * Refused with MS_EINVAL (ms_key_errmsg() says why):
  *   - anything that is not one JSON value (RFC 8259 grammar: no leading
  *     zeros, "+1", ".5", "1.", NaN or trailing data; control bytes outside
- *     strings);
+ *     strings, unescaped control characters inside them, lone UTF-16
+ *     surrogates in \u escapes);
  *   - duplicate keys in an object;
  *   - a number that does not fit a double: one that rounds to infinity
  *     (magnitude about 1.8e308 or more, e.g. 1e400) or a non-zero one that

@@ -26,6 +26,21 @@ static int hex(char c) {
          (c >= 'A' && c <= 'F');
 }
 
+/* Four hex digits at r->i, as a code unit. */
+static int hex4(reader *r, unsigned *out) {
+  unsigned v = 0;
+  for (int k = 0; k < 4; k++, r->i++) {
+    if (r->i >= r->n || !hex(r->s[r->i]))
+      return 0;
+    char c = r->s[r->i];
+    v = v << 4 | (unsigned)(c <= '9'   ? c - '0'
+                            : c <= 'F' ? c - 'A' + 10
+                                       : c - 'a' + 10);
+  }
+  *out = v;
+  return 1;
+}
+
 static int digits(reader *r) {
   size_t from = r->i;
   while (r->i < r->n && r->s[r->i] >= '0' && r->s[r->i] <= '9')
@@ -36,20 +51,31 @@ static int digits(reader *r) {
 static int string(reader *r) {
   r->i++; /* the opening quote */
   while (r->i < r->n) {
-    unsigned char c = (unsigned char)r->s[r->i++];
+    unsigned char c = (unsigned char)r->s[r->i];
+    if (c < 0x20)
+      return 0; /* must be escaped; the error is at it */
+    r->i++;
     if (c == '"')
       return 1;
-    if (c < 0x20)
-      return 0;
     if (c != '\\')
       continue;
     if (r->i >= r->n)
       return 0;
     c = (unsigned char)r->s[r->i++];
     if (c == 'u') {
-      for (int k = 0; k < 4; k++, r->i++)
-        if (r->i >= r->n || !hex(r->s[r->i]))
+      /* UTF-16 as cJSON decodes it: a high surrogate must be followed by
+       * an escaped low one, and a low one never comes alone. */
+      unsigned cp = 0;
+      if (!hex4(r, &cp) || (cp >= 0xdc00 && cp <= 0xdfff))
+        return 0;
+      if (cp >= 0xd800 && cp <= 0xdbff) {
+        unsigned lo = 0;
+        if (r->n - r->i < 2 || r->s[r->i] != '\\' || r->s[r->i + 1] != 'u')
           return 0;
+        r->i += 2;
+        if (!hex4(r, &lo) || lo < 0xdc00 || lo > 0xdfff)
+          return 0;
+      }
     } else if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' &&
                c != 'n' && c != 'r' && c != 't') {
       return 0;

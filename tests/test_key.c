@@ -119,6 +119,13 @@ static void test_config_invalid(void **state) {
       "[1111111111111111111111111111111111111111111111111111111111111111]",
       "over the 63 limit");
   expect_invalid("{\x01\"a\":1}", "control byte 0x01 at byte 1");
+  /* What cJSON would take but JSON does not: a raw control character in a
+   * string, and lone UTF-16 surrogates (malformed input, never out of
+   * memory). */
+  expect_invalid("{\"s\":\"a\x03\"}", "malformed config JSON at byte 7");
+  expect_invalid("[\"\\udc00\"]", "malformed config JSON");
+  expect_invalid("[\"\\ud800x\"]", "malformed config JSON");
+  expect_invalid("[\"\\ud800\\u0041\"]", "malformed config JSON");
   expect_invalid("\xef\xbb\xbf\xef\xbb\xbf{}", "second byte order mark");
   /* Nesting deeper than cJSON's limit is refused, not a stack overflow. */
   char deep[4200];

@@ -109,8 +109,10 @@ static int str(rd *r, char **out, size_t *olen) {
   size_t len = 0;
   while (r->i < r->n && r->s[r->i] != '"') {
     char c = r->s[r->i++];
+    if ((unsigned char)c < 0x20)
+      goto fail; /* RFC 8259: control characters must be escaped */
     if (c != '\\') {
-      buf[len++] = c; /* raw bytes (cJSON takes control bytes too) */
+      buf[len++] = c;
       continue;
     }
     if (r->i >= r->n)
