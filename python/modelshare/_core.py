@@ -18,6 +18,16 @@ def _closed(what):
     return InvalidArgument(InvalidArgument.code, f"{what} is closed")
 
 
+def _cstr(value, what):
+    """value as a C string; an embedded NUL would silently cut it short."""
+    if value is None:
+        return None
+    b = value if isinstance(value, bytes) else str(value).encode()
+    if b"\0" in b:
+        raise InvalidArgument(InvalidArgument.code, f"NUL byte in {what}")
+    return b
+
+
 def _shm_error(rc, shm_handle):
     msg = lib.ms_shm_errmsg(shm_handle).decode(errors="replace")
     return error(rc, msg)
@@ -195,8 +205,8 @@ class Shm:
                  open_cache_bytes=1 << 30, allowed_uid=-1):
         o = ShmOptions()
         o.struct_size = ctypes.sizeof(ShmOptions)
-        o.dir = None if dir is None else str(dir).encode()
-        o.prefix = None if prefix is None else str(prefix).encode()
+        o.dir = _cstr(dir, "dir")
+        o.prefix = _cstr(prefix, "prefix")
         o.max_bytes = max_bytes
         o.max_session_bytes = max_session_bytes
         o.pool_bytes = pool_bytes
@@ -262,8 +272,8 @@ class Shm:
         out = ctypes.c_void_p()
         rc = lib.ms_tensor_alloc(h, _dtype.to_code(dtype), len(shape),
                                  dims if shape else None,
-                                 None if session is None else
-                                 str(session).encode(), ctypes.byref(out))
+                                 _cstr(session, "session"),
+                                 ctypes.byref(out))
         if rc:
             raise _shm_error(rc, h)
         return Tensor(out.value, self)
@@ -274,11 +284,10 @@ class Shm:
         it, InvalidArgument for a malformed descriptor, BadRegion for a
         hostile header."""
         h = self._handle()
-        if isinstance(descriptor, str):
-            descriptor = descriptor.encode()
-        elif not isinstance(descriptor, bytes):
+        if not isinstance(descriptor, (str, bytes)):
             raise TypeError("descriptor must be str or bytes, not "
                             + type(descriptor).__name__)
+        descriptor = _cstr(descriptor, "descriptor")
         out = ctypes.c_void_p()
         rc = lib.ms_tensor_open(h, descriptor,
                                 MS_OPEN_WRITE if writable else 0,
@@ -313,7 +322,7 @@ def serialize(tensor, name=None, metadata=None):
     h = tensor._handle()
     meta = None if metadata is None else json.dumps(metadata).encode()
     buf, size = ctypes.c_void_p(), ctypes.c_size_t()
-    rc = lib.ms_tensor_serialize(h, None if name is None else name.encode(),
+    rc = lib.ms_tensor_serialize(h, _cstr(name, "name"),
                                  meta, ctypes.byref(buf), ctypes.byref(size))
     if rc:
         raise error(rc, "bad name or metadata" if rc == InvalidArgument.code
@@ -346,7 +355,7 @@ def capabilities(dir=None):
     """What shared memory can do here (ms_capabilities) as a dict."""
     c = Capabilities()
     c.struct_size = ctypes.sizeof(Capabilities)
-    rc = lib.ms_capabilities(None if dir is None else str(dir).encode(),
+    rc = lib.ms_capabilities(_cstr(dir, "dir"),
                              ctypes.byref(c))
     if rc:
         raise error(rc)
