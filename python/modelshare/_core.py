@@ -33,21 +33,22 @@ def _shm_error(rc, shm_handle):
     return error(rc, msg)
 
 
-class _View:
-    """The base object of a numpy array on a tensor's memory.
+class _Ref:
+    """Keeps a tensor alive for numpy arrays on its memory.
 
-    It holds its own reference to the tensor (ms_tensor_retain), dropped
-    when the last array using it goes away, so the array stays valid after
-    Tensor.release().  It has no buffer interface of its own, so numpy
-    refuses to make a read-only array writable (setflags(write=True)).
+    It holds its own reference (ms_tensor_retain), dropped when the last
+    array using the memory goes away, so arrays stay valid after
+    Tensor.release().  Arrays reach it through their base chain: array ->
+    (read-only memoryview ->) ctypes buffer over the data -> this object.
+    Read-only data gets a read-only memoryview, so numpy refuses to make
+    such an array writable (setflags(write=True) raises ValueError).
     """
 
-    __slots__ = ("__array_interface__", "_h", "_shm")
+    __slots__ = ("_h", "_shm")
 
-    def __init__(self, handle, shm, interface):
+    def __init__(self, handle, shm):
         self._h = _retain(handle)
         self._shm = shm  # the allocator outlives its tensors
-        self.__array_interface__ = interface
 
     def __del__(self, release=_release):
         h, self._h = self._h, None
@@ -99,16 +100,17 @@ class Tensor:
         return h
 
     def _info(self):
-        """(data address, shape, packed dtype, writable): fixed for the
-        tensor's life (the library validated private copies)."""
+        """(data address, shape, packed dtype, writable, nbytes): fixed for
+        the tensor's life (the library keeps validated private copies)."""
         m = self._meta
         if m is None:
             h = self._handle()
             ndim = lib.ms_tensor_ndim(h)
-            shape = tuple(lib.ms_tensor_shape(h)[:ndim]) if ndim else ()
-            m = self._meta = (lib.ms_tensor_data(h) or 0, shape,
+            m = self._meta = (lib.ms_tensor_data(h) or 0,
+                              tuple(lib.ms_tensor_shape(h)[:ndim]),
                               lib.ms_tensor_dtype(h),
-                              bool(lib.ms_tensor_is_writable(h)))
+                              lib.ms_tensor_is_writable(h) == 1,
+                              lib.ms_tensor_nbytes(h))
         return m
 
     # ---------------------------------------------------------- properties
@@ -129,7 +131,7 @@ class Tensor:
 
     @property
     def nbytes(self):
-        return lib.ms_tensor_nbytes(self._handle())
+        return self._info()[4]
 
     @property
     def writable(self):
@@ -155,7 +157,7 @@ class Tensor:
     def __repr__(self):
         if not self._h:
             return "<modelshare.Tensor released>"
-        data, shape, code, writable = self._info()
+        data, shape, code, writable, nbytes = self._info()
         return (f"<modelshare.Tensor shape={shape} dtype={_dtype.name(code)}"
                 f" {'writable' if writable else 'read-only'}>")
 
@@ -164,11 +166,16 @@ class Tensor:
         """A numpy array on the tensor's memory (no copy).  Read-only unless
         this handle is writable.  The array keeps the tensor alive."""
         h = self._handle()
-        data, shape, code, writable = self._info()
-        interface = {"version": 3, "shape": shape,
-                     "typestr": _dtype.to_numpy(code).str,
-                     "data": (data, not writable)}
-        return np.asarray(_View(h, self._shm, interface))
+        data, shape, code, writable, nbytes = self._info()
+        dtype = _dtype.to_numpy(code)
+        if nbytes == 0:  # nothing to share (the address may be NULL)
+            a = np.empty(shape, dtype)
+            a.flags.writeable = writable
+            return a
+        buf = (ctypes.c_char * nbytes).from_address(data)
+        buf._ms_ref = _Ref(h, self._shm)
+        mem = memoryview(buf) if writable else memoryview(buf).toreadonly()
+        return np.frombuffer(mem, dtype).reshape(shape)
 
     def __array__(self, dtype=None):
         a = self.numpy()
