@@ -107,16 +107,19 @@ def read_all(n):
         return int(a + b + c + d)
 
 
-def timed(reps, frames, one):
-    """Median seconds per frame over reps runs (plus one warm-up run)."""
-    per = []
+def timed(reps, frames, methods):
+    """Median seconds per frame of each method over reps runs, plus one
+    warm-up run.  The methods take turns within each run, so that a noisy
+    moment of the machine hits all of them alike."""
+    per = {name: [] for name in methods}
     for r in range(reps + 1):
-        t0 = time.perf_counter()
-        for _ in range(frames):
-            one()
-        if r:
-            per.append((time.perf_counter() - t0) / frames)
-    return float(np.median(per))
+        for name, one in methods.items():
+            t0 = time.perf_counter()
+            for _ in range(frames):
+                one()
+            if r:
+                per[name].append((time.perf_counter() - t0) / frames)
+    return {name: float(np.median(v)) for name, v in per.items()}
 
 
 def main():
@@ -187,14 +190,17 @@ def main():
             total, _ = conn.recv()
             check(total)
 
-        per_pooled = timed(args.reps, args.frames, pooled)
+        methods = {"pooled": pooled, "mp_fresh": mp_fresh,
+                   "mp_reused": mp_reused}
+        if cproc:
+            methods["pooled_c"] = pooled_c
+        per = timed(args.reps, args.frames, methods)
+        per_pooled, per_fresh = per["pooled"], per["mp_fresh"]
+        per_reused, per_c = per["mp_reused"], per.get("pooled_c")
         open_us = float(np.median(opens[args.frames:])) * 1e6
         with shm.alloc(n, np.uint8) as t:
             conn.send(("hot", (t.descriptor, 1000)))
             hot_us = conn.recv()[1] * 1e6
-        per_c = timed(args.reps, args.frames, pooled_c) if cproc else None
-        per_fresh = timed(args.reps, args.frames, mp_fresh)
-        per_reused = timed(args.reps, args.frames, mp_reused)
         conn.send(("drop", block.name))
         conn.recv()
         del view
