@@ -11,7 +11,6 @@ from .errors import InvalidArgument, error
 
 _release = lib.ms_tensor_release
 _retain = lib.ms_tensor_retain
-_c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
 
 def _closed(what):
@@ -102,9 +101,9 @@ class Tensor:
     def _info(self):
         """(data address, shape, packed dtype, writable, nbytes): fixed for
         the tensor's life (the library keeps validated private copies)."""
+        h = self._handle()  # a released tensor has no properties
         m = self._meta
         if m is None:
-            h = self._handle()
             ndim = lib.ms_tensor_ndim(h)
             m = self._meta = (lib.ms_tensor_data(h) or 0,
                               tuple(lib.ms_tensor_shape(h)[:ndim]),

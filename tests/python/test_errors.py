@@ -108,6 +108,7 @@ class Errors(msutil.NamespaceTest):
         shm = modelshare.Shm(dir=self.ns)
         t = shm.alloc(4, np.uint8)
         desc = t.descriptor
+        self.assertEqual(t.shape, (4,))  # cached, yet refused below
         t.release()
         for call in (t.numpy, t.__dlpack__, lambda: t.shape,
                      lambda: t.descriptor, lambda: modelshare.serialize(t)):
