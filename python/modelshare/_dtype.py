@@ -29,10 +29,12 @@ def to_code(dtype):
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
-        raise InvalidArgument(InvalidArgument.code, f"not a dtype: {dtype!r} ({e})") from None
+        raise InvalidArgument(InvalidArgument.code,
+                              f"not a dtype: {dtype!r} ({e})") from None
     code = _FROM_NUMPY.get(dt)
     if code is None or not dt.isnative:
-        raise InvalidArgument(InvalidArgument.code, f"unsupported dtype {dt.str!r}: use a "
+        raise InvalidArgument(InvalidArgument.code,
+                              f"unsupported dtype {dt.str!r}: use a "
                               "native-endian bool, [u]int8..64 or "
                               "float16/32/64 (or 'bfloat16')")
     return code
