@@ -44,7 +44,9 @@ _KNOWN = {
     "MS_ENOTSUP": ("NotSupported", ()),
     "MS_EACCES": ("PermissionDenied", ()),
     "MS_ERANGE": ("OutOfRange", (ValueError,)),
+    "MS_ECANCELED": ("Cancelled", ()),  # 1.1
 }
+_V1_0 = [n for n in _KNOWN if n != "MS_ECANCELED"]
 
 by_code = {}  # negative code -> class
 by_name = {}  # "MS_EINVAL" -> class
@@ -69,8 +71,8 @@ def _generate():
 
 
 _generate()
-missing = set(_KNOWN) - set(by_name)
-if missing:  # an older library: the names below must still exist
+missing = set(_V1_0) - set(by_name)
+if missing:  # every library has had these
     raise ImportError(f"modelshare: library lacks error codes {missing}")
 
 
