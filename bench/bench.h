@@ -50,6 +50,7 @@ int msb_registry(const msb_opts *o, cJSON *root);
 int msb_dedup(const msb_opts *o, cJSON *root);
 int msb_shm(const msb_opts *o, cJSON *root);
 int msb_vision(const msb_opts *o, cJSON *root);
+int msb_python(const msb_opts *o, cJSON *root); /* bench_python.c */
 
 /* The consumer process of the shm and vision scenarios. */
 int msb_consumer_main(void);

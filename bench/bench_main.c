@@ -34,6 +34,8 @@ static const char usage[] =
     "                     shm       shared memory vs heap, pipe serialization\n"
     "                               and Python multiprocessing.shared_memory\n"
     "                     vision    100 MiB frames between two processes\n"
+    "                     python    the Python package vs Python's\n"
+    "                               multiprocessing.shared_memory\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -224,7 +226,8 @@ int main(int argc, char **argv) {
   } scenarios[] = {{"registry", msb_registry},
                    {"dedup", msb_dedup},
                    {"shm", msb_shm},
-                   {"vision", msb_vision}};
+                   {"vision", msb_vision},
+                   {"python", msb_python}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;

@@ -45,3 +45,15 @@ assert isinstance(hb, dict) and "1" in hb and "2" in hb, \
     "registry.hit_ns_by_threads needs thread counts 1 and 2"
 print("bench JSON: ok")
 PY
+
+# The python scenario (bench/bench_python.c): one row per size.
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert len(d["python"]) >= 1, "python rows missing"
+for e in d["python"]:
+    for k in ["size_bytes", "open_view_us_median", "cycle_pooled_gibs",
+              "mp_shm_fresh_gibs", "mp_shm_reused_gibs"]:
+        assert isinstance(e.get(k), (int, float)), f"python[].{k} missing"
+print("bench JSON python: ok")
+PY

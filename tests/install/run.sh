@@ -46,4 +46,21 @@ if grep -rq cjson "$work"/cmake-build/CMakeFiles/consumer_*.dir/flags.make; then
   echo "the CMake package leaks cJSON's include dir" >&2
   exit 1
 fi
+
+# The Python package, imported from the installed copy through PYTHONPATH,
+# finds the installed library by itself (no MODELSHARE_LIBRARY).
+python=/usr/bin/python3
+if "$python" -c "import numpy" 2>/dev/null; then
+  init=$(find "$prefix" -path '*/dist-packages/modelshare/__init__.py')
+  test -n "$init"
+  test -f "$(dirname "$init")/_install.py"
+  pypath=$(dirname "$(dirname "$init")")
+  env -u MODELSHARE_LIBRARY PYTHONPATH="$pypath" PYTHONDONTWRITEBYTECODE=1 \
+    "$python" "$src/consumer.py" "$prefix"
+  about=$(env -u MODELSHARE_LIBRARY PYTHONPATH="$pypath" \
+    PYTHONDONTWRITEBYTECODE=1 "$python" -m modelshare)
+  grep -q "found by:  install prefix" <<<"$about"
+else
+  echo "install consumer: no $python with numpy, Python package not checked"
+fi
 echo "install consumer: ok"
