@@ -32,6 +32,13 @@ static char *run_script(const msb_opts *o) {
   if (setenv("PYTHONPATH", MSB_PYTHON_PATH, 1) != 0 ||
       setenv("MODELSHARE_LIBRARY", MSB_LIBRARY, 0) != 0)
     return NULL;
+#ifdef MSB_PYTHON_PRELOAD
+  /* An ASan build's library needs the sanitizer runtimes first in the
+   * (uninstrumented) interpreter; its own allocations are not leak-checked. */
+  if (setenv("LD_PRELOAD", MSB_PYTHON_PRELOAD, 1) != 0 ||
+      setenv("ASAN_OPTIONS", "detect_leaks=0", 1) != 0)
+    return NULL;
+#endif
   char cmd[1024];
   int n =
       snprintf(cmd, sizeof(cmd),
