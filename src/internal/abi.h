@@ -14,6 +14,8 @@
 
 /* Frozen 1.0 sizes (x86_64 / LP64 and LLP64 alike). */
 #define MS__SHM_OPTIONS_V1 56
+/* Not released yet: frozen when the channel ships. */
+#define MS__CHANNEL_OPTIONS_V1 32
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller
