@@ -87,7 +87,7 @@ MS_EXPORT const char *ms_version_string(void);
   XX(ESTALE, -12, "stale descriptor: the region was recycled")                 \
   XX(ENOTSUP, -13, "operation not supported on this platform")                 \
   XX(EACCES, -14, "permission denied")                                         \
-  XX(ERANGE, -15, "value out of range")                                       \
+  XX(ERANGE, -15, "value out of range")                                        \
   XX(EPIPE, -17, "the channel's producer is gone")
 
 typedef enum ms_errno {

@@ -3,8 +3,8 @@
  * handling.  The layout and the protocol (C1-C8) are in
  * internal/channel.h; the platform's wait/wake at the end of
  * internal/region.h. */
-#include "internal/abi.h"
 #include "internal/channel.h"
+#include "internal/abi.h"
 #include "internal/shm.h"
 
 #include <cjson/cJSON.h>
@@ -29,9 +29,9 @@ struct ms_channel {
   uint32_t spin_us;
   char obj[MS__CH_OBJ_MAX + 1];
   /* producer */
-  ms_tensor_t **held;    /* per slot: the reference C7 keeps */
-  uint64_t head;         /* == h->head, written only here */
-  uint64_t released;     /* every seq below it was released */
+  ms_tensor_t **held; /* per slot: the reference C7 keeps */
+  uint64_t head;      /* == h->head, written only here */
+  uint64_t released;  /* every seq below it was released */
   /* subscriber */
   unsigned idx;    /* its entry */
   uint64_t token;  /* its allocator's liveness token */
@@ -141,8 +141,7 @@ static uint32_t left_ms(uint64_t deadline) {
 }
 
 static uint64_t deadline_of(uint32_t timeout_ms) {
-  return timeout_ms == MS_CHANNEL_FOREVER ? UINT64_MAX
-                                          : now_ms() + timeout_ms;
+  return timeout_ms == MS_CHANNEL_FOREVER ? UINT64_MAX : now_ms() + timeout_ms;
 }
 
 static void cpu_relax(void) {
@@ -226,7 +225,7 @@ static int wait_lag(ms_channel_t *ch, uint64_t lag, uint64_t deadline) {
 static void wake_sleepers(ms_channel_t *ch) {
   for (uint32_t i = 0; i < ch->g.max_subs; i++) {
     ms__ch_sub *s = &ch->subs[i];
-    if (atomic_load(&s->sleepers) != 0) {
+    if (atomic_load(&s->asleep) != 0 && atomic_exchange(&s->asleep, 0) != 0) {
       atomic_fetch_add(&s->wake, 1);
       ms__wake(ch->ws, i, &s->wake);
       ch->wakes++;
@@ -235,15 +234,14 @@ static void wake_sleepers(ms_channel_t *ch) {
 }
 
 static int publish(ms_channel_t *ch, uint32_t kind, const char *desc,
-                   size_t desc_len, const void *bytes, size_t n,
-                   ms_tensor_t *t, uint32_t timeout_ms) {
+                   size_t desc_len, const void *bytes, size_t n, ms_tensor_t *t,
+                   uint32_t timeout_ms) {
   if (desc_len + n > ch->g.payload)
     return ms__errmsg_set(ch, MS_ERANGE,
                           "message of %zu bytes over the payload (%u)",
                           desc_len + n, ch->g.payload);
   const uint64_t cap = ch->g.capacity;
-  if (ch->g.policy == MS_CHANNEL_BLOCK &&
-      ch->head - min_cursor(ch) >= cap) {
+  if (ch->g.policy == MS_CHANNEL_BLOCK && ch->head - min_cursor(ch) >= cap) {
     ch->full_waits++;
     if (wait_lag(ch, cap - 1, deadline_of(timeout_ms)) != 0)
       return ms__errmsg_set(ch, MS_ETIMEDOUT, "the ring is full");
@@ -301,8 +299,8 @@ int ms_channel_send_tensor(ms_channel_t *ch, ms_tensor_t *t, const void *user,
     return ms__errmsg_set(ch, MS_EINVAL,
                           "NULL or heap tensor, or NULL user bytes");
   uv_mutex_lock(&ch->lock);
-  int rc = publish(ch, MS__CH_TENSOR, desc, strlen(desc), user, n, t,
-                   timeout_ms);
+  int rc =
+      publish(ch, MS__CH_TENSOR, desc, strlen(desc), user, n, t, timeout_ms);
   uv_mutex_unlock(&ch->lock);
   return rc;
 }
@@ -341,7 +339,8 @@ static int producer_gone(ms_channel_t *ch, int check) {
 static void advance(ms_channel_t *ch, uint64_t to) {
   ch->cursor = to;
   atomic_store(&ch->subs[ch->idx].cursor, to); /* C3, C7 */
-  if (atomic_load(&ch->h->p_sleep) != 0) {     /* C6, mirrored */
+  if (atomic_load(&ch->h->p_sleep) != 0 &&     /* C6, mirrored */
+      atomic_exchange(&ch->h->p_sleep, 0) != 0) {
     atomic_fetch_add(&ch->h->space, 1);
     ms__wake(ch->ws, ch->g.max_subs, &ch->h->space);
     ch->wakes++;
@@ -368,8 +367,11 @@ static void rearm(ms_channel_t *ch) {
 /* Waits for head > cursor.  0, MS_ETIMEDOUT or MS_EPIPE.  Lock held. */
 static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
   ms__ch_sub *me = &ch->subs[ch->idx];
-  if (atomic_load(&ch->h->head) > ch->cursor)
+  const uint64_t head = atomic_load(&ch->h->head);
+  if (head > ch->cursor)
     return 0;
+  if (head < ch->cursor)
+    return MS_EBADREGION; /* C1: only the producer moves it, forwards */
   if (producer_gone(ch, 0))
     return MS_EPIPE;
   if (timeout_ms == 0)
@@ -387,7 +389,7 @@ static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
     }
   }
   for (;;) {
-    atomic_fetch_add(&me->sleepers, 1); /* C6 */
+    atomic_store(&me->asleep, 1); /* C6 */
     uint32_t w = atomic_load(&me->wake);
     int ready = atomic_load(&ch->h->head) > ch->cursor;
     uint32_t left = left_ms(deadline);
@@ -396,7 +398,6 @@ static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
                left < MS__CH_LIVENESS_MS ? left : MS__CH_LIVENESS_MS);
       ch->sleeps++;
     }
-    atomic_fetch_sub(&me->sleepers, 1);
     if (atomic_load(&ch->h->head) > ch->cursor)
       return 0;
     if (producer_gone(ch, 1))
@@ -419,9 +420,10 @@ static int recv_locked(ms_channel_t *ch, int want_tensor, unsigned flags,
         rearm(ch);
       else if (ch->helper_on)
         ms__notify_drain(ch->nrd);
-      return ms__errmsg_set(ch, rc,
-                            rc == MS_EPIPE ? "the producer is gone"
-                                           : "no message in time");
+      return ms__errmsg_set(ch, rc, "%s",
+                            rc == MS_EPIPE       ? "the producer is gone"
+                            : rc == MS_ETIMEDOUT ? "no message in time"
+                                                 : "the ring's head went back");
     }
     const uint64_t head = atomic_load(&ch->h->head);
     if (head < ch->cursor)
@@ -538,14 +540,12 @@ static void helper_main(void *arg) {
     if (stop)
       return;
     for (;;) { /* C6, as a receiver */
-      atomic_fetch_add(&me->sleepers, 1);
+      atomic_store(&me->asleep, 1);
       uint32_t w = atomic_load(&me->wake);
-      int ready = atomic_load(&ch->h->head) >
-                      atomic_load(&me->cursor) ||
+      int ready = atomic_load(&ch->h->head) > atomic_load(&me->cursor) ||
                   producer_gone(ch, 0);
       if (!ready)
         ms__wait(ch->ws, ch->idx, &me->wake, w, MS__CH_LIVENESS_MS);
-      atomic_fetch_sub(&me->sleepers, 1);
       uv_mutex_lock(&ch->arm_lock);
       stop = ch->stop;
       uv_mutex_unlock(&ch->arm_lock);
@@ -719,8 +719,7 @@ static int replace_dead(ms_shm_t *shm, const char *obj) {
 }
 
 int ms_channel_create(ms_shm_t *shm, const char *name,
-                      const ms_channel_options_t *options,
-                      ms_channel_t **out) {
+                      const ms_channel_options_t *options, ms_channel_t **out) {
   ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
   if (shm == NULL || out == NULL || !ms__ch_name_valid(name))
     return ms__errmsg_set(&ch_errobj, MS_EINVAL,
@@ -735,8 +734,7 @@ int ms_channel_create(ms_shm_t *shm, const char *name,
   if (o.capacity < 2 || o.capacity > MS__CH_CAP_MAX ||
       (o.capacity & (o.capacity - 1)) != 0 || o.payload_bytes < 1 ||
       o.payload_bytes > MS__CH_PAYLOAD_MAX || o.max_subscribers < 1 ||
-      o.max_subscribers > MS__CH_SUBS_MAX ||
-      o.policy > MS_CHANNEL_DROP_OLDEST)
+      o.max_subscribers > MS__CH_SUBS_MAX || o.policy > MS_CHANNEL_DROP_OLDEST)
     return ms__errmsg_set(&ch_errobj, MS_EINVAL,
                           "capacity (a power of two, 2..%u), payload "
                           "(1..%u), subscribers (1..%u) or policy",
@@ -756,17 +754,16 @@ int ms_channel_create(ms_shm_t *shm, const char *name,
   g->policy = o.policy;
   g->sub_offset = sizeof(ms__ch_hdr);
   g->slot_offset = g->sub_offset + (uint64_t)g->max_subs * 64;
-  g->total_size = round_up(
-      (size_t)(g->slot_offset + (uint64_t)g->capacity * g->slot_size),
-      ms__page_size());
+  g->total_size =
+      round_up((size_t)(g->slot_offset + (uint64_t)g->capacity * g->slot_size),
+               ms__page_size());
   g->producer_token = shm->token;
   ch->held = ms__calloc(g->capacity, sizeof(*ch->held));
   int rc = ch->held == NULL ? MS_ENOMEM : 0;
   if (rc == 0) {
     rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
     if (rc != 0 && rc != MS_ENOSPC && rc != MS_ENOMEM && replace_dead(shm, obj))
-      rc = ms__region_create(shm->ns, obj, (size_t)g->total_size,
-                             &ch->region);
+      rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
     if (rc == MS_EIO)
       rc = MS_EBUSY; /* the name exists, with a live producer */
   }
@@ -807,7 +804,7 @@ static int attach(ms_channel_t *ch) {
         ms__ch_sub *s = &ch->subs[i]; /* ours now: C5 */
         atomic_store(&s->dropped, 0);
         atomic_store(&s->received, 0);
-        atomic_store(&s->sleepers, 0);
+        atomic_store(&s->asleep, 0);
         ch->idx = i;
         ch->cursor = atomic_load(&ch->h->head);
         atomic_store(&s->cursor, ch->cursor);
@@ -822,8 +819,7 @@ static int attach(ms_channel_t *ch) {
 }
 
 int ms_channel_open(ms_shm_t *shm, const char *name,
-                    const ms_channel_options_t *options,
-                    ms_channel_t **out) {
+                    const ms_channel_options_t *options, ms_channel_t **out) {
   ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
   if (shm == NULL || out == NULL || !ms__ch_name_valid(name))
     return ms__errmsg_set(&ch_errobj, MS_EINVAL, "NULL argument or bad name");
@@ -846,8 +842,8 @@ int ms_channel_open(ms_shm_t *shm, const char *name,
     rc = MS_ENOENT;
     why = "not initialised yet";
   }
-  if (rc == 0 && ms__ch_hdr_validate(ch->region.base, ch->region.size,
-                                     &ch->g) != 0) {
+  if (rc == 0 &&
+      ms__ch_hdr_validate(ch->region.base, ch->region.size, &ch->g) != 0) {
     rc = MS_EBADREGION;
     why = "malformed or hostile ring header";
   }
@@ -893,7 +889,7 @@ void ms_channel_close(ms_channel_t *ch) {
   } else {
     uint64_t t = ch->token;
     (void)atomic_compare_exchange_strong(&ch->subs[ch->idx].token, &t, 0);
-    if (atomic_load(&ch->h->p_sleep) != 0) { /* a blocked producer may go */
+    if (atomic_exchange(&ch->h->p_sleep, 0) != 0) { /* a blocked producer */
       atomic_fetch_add(&ch->h->space, 1);
       ms__wake(ch->ws, ch->g.max_subs, &ch->h->space);
     }
@@ -941,16 +937,16 @@ int ms_channel_stats_json(ms_channel_t *ch, char **json) {
   const struct {
     const char *k;
     uint64_t v;
-  } f[] = {{"sent", ch->sent},           {"received", ch->received},
-           {"dropped", ch->dropped},     {"full_waits", ch->full_waits},
-           {"wakes", ch->wakes},         {"spin_hits", ch->spin_hits},
+  } f[] = {{"sent", ch->sent},       {"received", ch->received},
+           {"dropped", ch->dropped}, {"full_waits", ch->full_waits},
+           {"wakes", ch->wakes},     {"spin_hits", ch->spin_hits},
            {"sleeps", ch->sleeps}};
   ok = ok && cJSON_AddStringToObject(
                  o, "role", ch->producer ? "producer" : "subscriber") != NULL;
   for (size_t i = 0; ok && i < sizeof(f) / sizeof(f[0]); i++)
     ok = cJSON_AddNumberToObject(o, f[i].k, (double)f[i].v) != NULL;
-  cJSON *arr = ok && ch->producer ? cJSON_AddArrayToObject(o, "subscribers")
-                                  : NULL;
+  cJSON *arr =
+      ok && ch->producer ? cJSON_AddArrayToObject(o, "subscribers") : NULL;
   for (uint32_t i = 0; arr != NULL && ok && i < ch->g.max_subs; i++) {
     ms__ch_sub *s = &ch->subs[i];
     if (atomic_load(&s->token) == 0)

@@ -85,7 +85,7 @@ typedef struct ms__ch_sub {
   _Atomic uint64_t dropped;  /* 16: messages it lost (drop-oldest) */
   _Atomic uint64_t received; /* 24 */
   _Atomic uint32_t wake;     /* 32: futex word it sleeps on */
-  _Atomic uint32_t sleepers; /* 36: its threads waiting (recv, fd helper) */
+  _Atomic uint32_t asleep;   /* 36: 1: one of its threads may sleep */
   uint8_t pad[24];           /* 40 */
 } ms__ch_sub;
 _Static_assert(sizeof(ms__ch_sub) == 64, "subscriber entry layout changed");
@@ -154,17 +154,21 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  *     P overwrites) or sees it with a cursor that is stale, i.e. too low
  *     (0 or an older value, never above head): P then waits or keeps a
  *     tensor longer, never less.
- * C6. Wake-ups (no lost wake-up, no system call while nobody sleeps): a
- *     sleeping subscriber does sleepers++ ; w = wake ; if head > cursor
- *     (or closed, or producer dead): sleepers--, no sleep ; else
- *     futex_wait(&wake, w).  P after publishing does: if sleepers != 0:
- *     wake++ ; futex_wake(&wake).  With seq_cst, either S's head load sees
- *     the new head, or P's sleepers load sees S (Dekker); if P's wake++
- *     lands between S's load of w and its wait, the wait returns at once
- *     (the word changed).  The producer sleeping for space (block policy)
- *     is the mirror image on p_sleep / space, woken by a subscriber that
- *     advanced its cursor.  A subscriber that spins finds the data before
- *     it ever increments sleepers, so P makes no system call for it.
+ * C6. Wake-ups (no lost wake-up, no system call while nobody sleeps, at
+ *     most one per sleep): a subscriber thread about to sleep does
+ *     asleep = 1 ; w = wake ; if head > cursor (or closed, or producer
+ *     dead): no sleep ; else futex_wait(&wake, w).  P after publishing
+ *     does: if asleep && exchange(asleep, 0): wake++ ; futex_wake(&wake)
+ *     (all its threads: the receiver and the fd helper).  With seq_cst,
+ *     either S's head load sees the new head, or P's asleep load sees S
+ *     (Dekker); if P's wake++ lands between S's load of w and its wait,
+ *     the wait returns at once (the word changed).  Only P clears asleep,
+ *     so a second thread of S that set it too is never left asleep; a
+ *     thread that found data and did not sleep costs at most one spare
+ *     wake.  The producer sleeping for space (block policy) is the mirror
+ *     image on p_sleep / space, woken by a subscriber that advanced its
+ *     cursor.  A subscriber that finds data while spinning never sets
+ *     asleep, so P makes no system call for it.
  * C7. Tensor lifetime.  P keeps one ms_tensor_t reference per slot that
  *     carries a tensor and releases it only when (a) every entry that was
  *     attached and live has a cursor past that sequence, or (b) the slot

@@ -76,7 +76,6 @@ unsigned ms__fork_epoch(void);
 int ms__random(void *buf, size_t len);
 size_t ms__page_size(void);
 
-
 /* ------------------------------------------------------------------------ */
 /* Channel wait/wake (channel.c's block; shm_wait_linux.c, shm_wait_win32.c) */
 /* ------------------------------------------------------------------------ */
