@@ -126,8 +126,10 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g) {
 /* ------------------------------------------------------------------------ */
 
 static ms__ch_slot *slot_at(ms_channel_t *ch, uint64_t seq) {
-  return (ms__ch_slot *)(ch->slots + (size_t)(seq & (ch->g.capacity - 1)) *
-                                         ch->g.slot_size);
+  /* Slots are 64-byte aligned: the offsets are validated multiples. */
+  return (ms__ch_slot *)(void *)(ch->slots +
+                                 (size_t)(seq & (ch->g.capacity - 1)) *
+                                     ch->g.slot_size);
 }
 
 static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
@@ -700,7 +702,7 @@ static void channel_free(ms_channel_t *ch) {
 
 static void map_areas(ms_channel_t *ch) {
   ch->h = ch->region.base;
-  ch->subs = (ms__ch_sub *)((char *)ch->region.base + ch->g.sub_offset);
+  ch->subs = (ms__ch_sub *)(void *)((char *)ch->region.base + ch->g.sub_offset);
   ch->slots = (unsigned char *)ch->region.base + ch->g.slot_offset;
 }
 
