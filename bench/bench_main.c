@@ -34,6 +34,7 @@ static const char usage[] =
     "                     shm       shared memory vs heap, pipe serialization\n"
     "                               and Python multiprocessing.shared_memory\n"
     "                     vision    100 MiB frames between two processes\n"
+    "                     channel   descriptor channel latency, idle CPU\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -131,6 +132,8 @@ static int wants(const char *only, const char *name) {
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--consumer") == 0)
     return msb_consumer_main();
+  if (argc >= 2 && strcmp(argv[1], "--channel-peer") == 0)
+    return msb_channel_peer_main(argc - 1, argv + 1);
 
   setvbuf(stdout, NULL, _IOLBF, 0); /* keep the table in step with stderr */
   msb_opts o = {0};
@@ -224,7 +227,8 @@ int main(int argc, char **argv) {
   } scenarios[] = {{"registry", msb_registry},
                    {"dedup", msb_dedup},
                    {"shm", msb_shm},
-                   {"vision", msb_vision}};
+                   {"vision", msb_vision},
+                   {"channel", msb_channel}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;
