@@ -25,6 +25,7 @@
 #define IDLE_TARGET_PERCENT 1.0
 
 #define SPIN_FOREVER_US 100000 /* "spinning": never sleeps in practice */
+#define DEFAULT_SPIN_US 20     /* MS_CHANNEL_OPTIONS_INIT's */
 
 static ms_shm_t *open_shm(void) {
   ms_shm_t *shm = NULL;
@@ -99,7 +100,7 @@ static int peer_pong(ms_shm_t *shm, char **argv) {
 
 /* idle NAME: waits for a message that never comes (the parent measures). */
 static int peer_idle(ms_shm_t *shm, char **argv) {
-  ms_channel_t *in = open_ch(shm, argv[2], 20);
+  ms_channel_t *in = open_ch(shm, argv[2], DEFAULT_SPIN_US);
   if (in == NULL)
     return 1;
   printf("ready\n");
@@ -132,12 +133,15 @@ int msb_channel_cycle_peer(ms_shm_t *shm, const char *args) {
   if (sscanf(args, "%63s %llu", name, &frames) != 2)
     return 6;
   (void)snprintf(ack_name, sizeof(ack_name), "%s-ack", name);
-  ms_channel_t *ack = create_ch(shm, ack_name, SPIN_FOREVER_US);
-  printf("ready\n"); /* the producer opens ack, then creates NAME */
-  fflush(stdout);
-  ms_channel_t *in = ack != NULL ? open_ch(shm, name, SPIN_FOREVER_US) : NULL;
-  if (in == NULL)
+  /* NAME exists already: attached before "ready", we miss no frame; the
+   * producer attaches to ack before it sends the first one. */
+  ms_channel_t *in = open_ch(shm, name, DEFAULT_SPIN_US);
+  ms_channel_t *ack =
+      in != NULL ? create_ch(shm, ack_name, DEFAULT_SPIN_US) : NULL;
+  if (ack == NULL)
     return 7;
+  printf("ready\n");
+  fflush(stdout);
   uint64_t sum = 0;
   for (unsigned long long f = 0; f < frames; f++) {
     ms_tensor_t *t = NULL;
@@ -333,7 +337,7 @@ static double cpu_ticks(pid_t pid) {
 static double idle_cpu(const char *self, ms_shm_t *shm) {
   char name[32];
   (void)snprintf(name, sizeof(name), "msb-idle-%d", (int)getpid());
-  ms_channel_t *ch = create_ch(shm, name, 20);
+  ms_channel_t *ch = create_ch(shm, name, DEFAULT_SPIN_US);
   if (ch == NULL)
     return -1;
   const char *args[] = {"idle", name, NULL};
