@@ -760,7 +760,7 @@ int ms_channel_create(ms_shm_t *shm, const char *name,
       round_up((size_t)(g->slot_offset + (uint64_t)g->capacity * g->slot_size),
                ms__page_size());
   g->producer_token = shm->token;
-  ch->held = ms__calloc(g->capacity, sizeof(*ch->held));
+  ch->held = ms__calloc(g->capacity, sizeof(ms_tensor_t *));
   int rc = ch->held == NULL ? MS_ENOMEM : 0;
   if (rc == 0) {
     rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
