@@ -706,7 +706,9 @@ static void map_areas(ms_channel_t *ch) {
   ch->slots = (unsigned char *)ch->region.base + ch->g.slot_offset;
 }
 
-/* A ring of that object name whose producer is dead: unlinked.  1 if so. */
+/* A ring of that object name: 1 if its producer was dead and it is now
+ * unlinked, -1 if it is a ring with a live producer, 0 if it cannot be
+ * read as a ring (missing, another user's, malformed: left alone). */
 static int replace_dead(ms_shm_t *shm, const char *obj) {
   ms__region r = {0};
   const char *why = NULL;
@@ -714,10 +716,12 @@ static int replace_dead(ms_shm_t *shm, const char *obj) {
                       &why) != 0)
     return 0;
   ms__ch_geom g;
-  int dead = ms__ch_hdr_validate(r.base, r.size, &g) == 0 &&
-             !ms__holder_alive(shm, g.producer_token);
+  int ring = ms__ch_hdr_validate(r.base, r.size, &g) == 0;
+  int dead = ring && !ms__holder_alive(shm, g.producer_token);
   ms__region_unmap(&r);
-  return dead && ms__region_unlink(shm->ns, obj) == 0;
+  if (dead)
+    return ms__region_unlink(shm->ns, obj) == 0;
+  return ring ? -1 : 0;
 }
 
 int ms_channel_create(ms_shm_t *shm, const char *name,
@@ -764,9 +768,12 @@ int ms_channel_create(ms_shm_t *shm, const char *name,
   int rc = ch->held == NULL ? MS_ENOMEM : 0;
   if (rc == 0) {
     rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
-    if (rc != 0 && rc != MS_ENOSPC && rc != MS_ENOMEM && replace_dead(shm, obj))
+    int old = rc != 0 && rc != MS_ENOSPC && rc != MS_ENOMEM
+                  ? replace_dead(shm, obj)
+                  : 0;
+    if (old == 1)
       rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
-    if (rc == MS_EIO)
+    else if (old == -1)
       rc = MS_EBUSY; /* the name exists, with a live producer */
   }
   if (rc == 0)
@@ -883,9 +890,7 @@ void ms_channel_close(ms_channel_t *ch) {
       atomic_fetch_add(&ch->subs[i].wake, 1);
       ms__wake(ch->ws, i, &ch->subs[i].wake);
     }
-    release_upto(ch, ch->head);
-    for (uint64_t i = 0; i < ch->g.capacity; i++) /* drop-oldest leftovers */
-      ms_tensor_release(ch->held[i]);
+    release_upto(ch, ch->head); /* every slot (C7) */
     uv_mutex_unlock(&ch->lock);
     (void)ms__region_unlink(ch->shm->ns, ch->obj);
   } else {
@@ -910,7 +915,7 @@ typedef struct reclaim_ctx {
 
 static int reclaim_one(const char *obj, void *user) {
   reclaim_ctx *c = user;
-  if (ms__ch_obj_parse(obj) == 0 && replace_dead(c->shm, obj))
+  if (ms__ch_obj_parse(obj) == 0 && replace_dead(c->shm, obj) == 1)
     c->n++;
   return 0;
 }
