@@ -354,6 +354,44 @@ static void test_api_edges(void **state) {
   expect_clean(dir);
 }
 
+/* One frame in flight, as a pipeline stage does it: the channel releases
+ * frame f at send f + 1, so the producer's pool alternates two regions;
+ * the subscriber's open cache keeps both mapped (a pooled FREE region is
+ * kept), so opens after the first two are cache hits, not re-mappings. */
+static void test_pooled_frames_stay_cached(void **state) {
+  (void)state;
+  char *dir = mkdir_ns();
+  ms_shm_t *a = shm_in(dir), *b = shm_in(dir);
+  ms_channel_t *ch = producer(a, "frames", 8, MS_CHANNEL_BLOCK), *sub = NULL;
+  assert_int_equal(ms_channel_open(b, "frames", NULL, &sub), 0);
+  for (uint64_t f = 0; f < 20; f++) {
+    int64_t shape[1] = {1 << 16};
+    ms_tensor_t *t = NULL, *got = NULL;
+    assert_int_equal(ms_tensor_alloc(a, MS_DTYPE_UINT8, 1, shape, NULL, &t), 0);
+    memset(ms_tensor_data(t), (int)f, (size_t)shape[0]);
+    assert_int_equal(ms_channel_send_tensor(ch, t, NULL, 0, 1000), 0);
+    ms_tensor_release(t);
+    size_t n = 0;
+    assert_int_equal(ms_channel_recv_tensor(sub, 0, 1000, &got, NULL, 0, &n),
+                     0);
+    assert_int_equal(((unsigned char *)ms_tensor_data(got))[100], (int)f);
+    ms_tensor_release(got);
+  }
+  ms_shm_stats_t pa = MS_SHM_STATS_INIT, pb = MS_SHM_STATS_INIT;
+  assert_int_equal(ms_shm_stats(a, &pa), 0);
+  assert_int_equal(ms_shm_stats(b, &pb), 0);
+  print_message("pool hits %llu of 20, open cache hits %llu of 20\n",
+                (unsigned long long)pa.pool_hits,
+                (unsigned long long)pb.open_cache_hits);
+  assert_true(pa.pool_hits >= 17);
+  assert_true(pb.open_cache_hits >= 17);
+  ms_channel_close(sub);
+  ms_channel_close(ch);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  assert_int_equal(ms_shm_destroy(b), 0);
+  expect_clean(dir);
+}
+
 /* kill -9 of a subscriber at a random point: the blocked producer drops
  * it and goes on; the tensors it pinned are released. */
 static void test_kill_subscriber(void **state) {
@@ -606,6 +644,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_policy_block),
       cmocka_unit_test(test_policy_drop_oldest),
       cmocka_unit_test(test_tensor_lifetime),
+      cmocka_unit_test(test_pooled_frames_stay_cached),
       cmocka_unit_test(test_kill_subscriber),
       cmocka_unit_test(test_kill_producer),
       cmocka_unit_test(test_idle_cpu),
