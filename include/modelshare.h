@@ -941,7 +941,11 @@ MS_EXPORT int ms_channel_send_tensor(ms_channel_t *ch, ms_tensor_t *t,
                                      uint32_t timeout_ms);
 /**
  * Waits up to timeout_ms for every live subscriber to receive everything
- * sent so far (producer only).
+ * sent so far (producer only), and releases the tensors every subscriber
+ * has received (even on MS_ETIMEDOUT).  The channel otherwise releases
+ * them at the next send; a producer whose own protocol tells it a frame
+ * was consumed (an acknowledgement) may call ms_channel_flush(ch, 0) to
+ * give the region back to its pool at once (timeout 0 never spins).
  * Errors: MS_EINVAL, MS_ETIMEDOUT.
  */
 MS_EXPORT int ms_channel_flush(ms_channel_t *ch, uint32_t timeout_ms);

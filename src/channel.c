@@ -310,9 +310,10 @@ int ms_channel_send_tensor(ms_channel_t *ch, ms_tensor_t *t, const void *user,
 int ms_channel_flush(ms_channel_t *ch, uint32_t timeout_ms) {
   PRODUCER_CALL(ch);
   uv_mutex_lock(&ch->lock);
-  int rc = wait_lag(ch, 0, deadline_of(timeout_ms));
-  if (rc == 0)
-    release_upto(ch, ch->head);
+  int rc = ch->head == min_cursor(ch) ? 0
+           : timeout_ms == 0          ? MS_ETIMEDOUT /* no spinning */
+                             : wait_lag(ch, 0, deadline_of(timeout_ms));
+  release_upto(ch, min_cursor(ch)); /* what every subscriber has (C7) */
   uv_mutex_unlock(&ch->lock);
   return rc == 0 ? 0 : ms__errmsg_set(ch, rc, "subscribers still behind");
 }

@@ -339,6 +339,14 @@ static void test_api_edges(void **state) {
   assert_memory_equal(ms_tensor_data(got), "abcd", 4);
   assert_false(ms_tensor_is_writable(got));
   ms_tensor_release(got);
+  /* Received and released everywhere but the channel, which holds it
+   * until the next send or a flush (C7). */
+  ms_shm_stats_t st = MS_SHM_STATS_INIT;
+  assert_int_equal(ms_shm_stats(a, &st), 0);
+  assert_int_equal(st.regions_active, 1);
+  assert_int_equal(ms_channel_flush(ch, 0), 0);
+  assert_int_equal(ms_shm_stats(a, &st), 0);
+  assert_int_equal(st.regions_active, 0);
   assert_int_equal(ms_channel_send(ch, "hello", 5, 0), 0);
   assert_int_equal(ms_channel_recv(sub, buf, 2, &n, 0), MS_ERANGE);
   assert_int_equal(n, 5);
