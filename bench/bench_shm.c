@@ -233,7 +233,8 @@ static double stream_pipe(peer *p, ms_tensor_t *staging, const void *src,
 /* The pooled cycle with the descriptors moving through the channel
  * instead of the pipe: write a frame, send it (the channel keeps the
  * tensor; the producer releases its handle at once), the consumer reads
- * every byte and acknowledges on a second channel; one frame in flight.
+ * every byte and acknowledges on a second channel, the producer flushes
+ * (the channel lets the region go); one frame in flight.
  * The channels are set up before the clock starts.  Seconds per frame. */
 static double stream_channel(peer *p, ms_shm_t *shm, const void *src, size_t n,
                              int frames) {
@@ -271,6 +272,11 @@ static double stream_channel(peer *p, ms_shm_t *shm, const void *src, size_t n,
     size_t len = 0;
     if (rc == 0)
       rc = ms_channel_recv(ack, &a, sizeof(a), &len, 60000);
+    /* The acknowledgement says the frame was consumed: give the region
+     * back to the pool now, as the pipe cycle releases it after the reply
+     * (otherwise the channel keeps it until the next send). */
+    if (rc == 0)
+      rc = ms_channel_flush(out, 0);
     if (rc != 0) {
       fprintf(stderr, "modelshare-bench: channel cycle: %s\n", ms_err_name(rc));
       exit(1);
