@@ -273,10 +273,20 @@ static int publish(ms_channel_t *ch, uint32_t kind, const char *desc,
   return 0;
 }
 
+/* A channel inherited across fork() is its parent's: the child may only
+ * close it (which frees the child's memory), as with allocators (I8). */
+#define INHERITED_CHECK(ch)                                                    \
+  do {                                                                         \
+    if (MS__UNLIKELY(ms__shm_inherited((ch)->shm)))                            \
+      return ms__errmsg_set((ch), MS_EINVAL,                                   \
+                            "channel inherited across fork()");                \
+  } while (0)
+
 #define PRODUCER_CALL(ch)                                                      \
   do {                                                                         \
     if ((ch) == NULL)                                                          \
       return MS_EINVAL;                                                        \
+    INHERITED_CHECK(ch);                                                       \
     if (!(ch)->producer)                                                       \
       return ms__errmsg_set((ch), MS_EINVAL, "not the channel's producer");    \
   } while (0)
@@ -499,6 +509,7 @@ static int recv_locked(ms_channel_t *ch, int want_tensor, unsigned flags,
   do {                                                                         \
     if ((ch) == NULL)                                                          \
       return MS_EINVAL;                                                        \
+    INHERITED_CHECK(ch);                                                       \
     if ((ch)->producer)                                                        \
       return ms__errmsg_set((ch), MS_EINVAL, "not a subscriber");              \
   } while (0)
@@ -696,7 +707,10 @@ static void channel_free(ms_channel_t *ch) {
   ms__waitset_close(ch->ws);
   ms__region_unmap(&ch->region);
   ms__free(ch->held);
-  uv_mutex_destroy(&ch->lock);
+  /* An inherited lock may have been held by a parent's thread at fork():
+   * it is only freed with ch, never destroyed. */
+  if (!ms__shm_inherited(ch->shm))
+    uv_mutex_destroy(&ch->lock);
   ms__errmsg_clear(ch);
   ms__free(ch);
 }
@@ -881,6 +895,17 @@ int ms_channel_open(ms_shm_t *shm, const char *name,
 void ms_channel_close(ms_channel_t *ch) {
   if (ch == NULL)
     return;
+  if (MS__UNLIKELY(ms__shm_inherited(ch->shm))) {
+    /* The parent's ring, entry and tensors stay as they are; the helper
+     * thread did not survive fork(), its descriptors did.  Only the
+     * child's copies go (the held references: I8 of internal/shm.h). */
+    if (ch->helper_on)
+      ms__notify_close(ch->nrd, ch->nwr);
+    for (uint64_t i = 0; ch->producer && i < ch->g.capacity; i++)
+      ms_tensor_release(ch->held[i]);
+    channel_free(ch);
+    return;
+  }
   if (ch->poll != NULL)
     (void)ms_channel_recv_stop(ch);
   helper_stop(ch);

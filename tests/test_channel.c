@@ -400,6 +400,47 @@ static void test_pooled_frames_stay_cached(void **state) {
   expect_clean(dir);
 }
 
+/* fork(): the child's copies of both ends refuse every call and close
+ * without touching the parent's ring; the parent goes on. */
+static void test_fork_child(void **state) {
+  (void)state;
+  char *dir = mkdir_ns();
+  ms_shm_t *a = shm_in(dir), *b = shm_in(dir);
+  ms_channel_t *ch = producer(a, "forked", 8, MS_CHANNEL_BLOCK), *sub = NULL;
+  assert_int_equal(ms_channel_open(b, "forked", NULL, &sub), 0);
+  int64_t shape[1] = {16};
+  ms_tensor_t *t = NULL;
+  assert_int_equal(ms_tensor_alloc(a, MS_DTYPE_UINT8, 1, shape, NULL, &t), 0);
+  assert_int_equal(ms_channel_send_tensor(ch, t, NULL, 0, 0), 0);
+  ms_tensor_release(t);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char b8[8];
+    size_t n = 0;
+    int bad = ms_channel_send(ch, "x", 1, 0) != MS_EINVAL ||
+              ms_channel_recv(sub, b8, sizeof(b8), &n, 0) != MS_EINVAL;
+    ms_channel_close(sub);
+    ms_channel_close(ch);
+    _exit(bad);
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ms_tensor_t *got = NULL;
+  size_t n = 0;
+  assert_int_equal(ms_channel_recv_tensor(sub, 0, 1000, &got, NULL, 0, &n), 0);
+  ms_tensor_release(got);
+  assert_int_equal(ms_channel_send(ch, "y", 1, 0), 0);
+  char b8[8];
+  assert_int_equal(ms_channel_recv(sub, b8, sizeof(b8), &n, 1000), 0);
+  ms_channel_close(sub);
+  ms_channel_close(ch);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  assert_int_equal(ms_shm_destroy(b), 0);
+  expect_clean(dir);
+}
+
 /* kill -9 of a subscriber at a random point: the blocked producer drops
  * it and goes on; the tensors it pinned are released. */
 static void test_kill_subscriber(void **state) {
@@ -653,6 +694,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_policy_drop_oldest),
       cmocka_unit_test(test_tensor_lifetime),
       cmocka_unit_test(test_pooled_frames_stay_cached),
+      cmocka_unit_test(test_fork_child),
       cmocka_unit_test(test_kill_subscriber),
       cmocka_unit_test(test_kill_producer),
       cmocka_unit_test(test_idle_cpu),
