@@ -189,6 +189,9 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  *     sleep in slices of at most MS__CH_LIVENESS_MS and check P's token
  *     after each: a dead (or closed) producer makes recv fail with
  *     MS_EPIPE once every published message was received.
+ * C9. fork(): a channel handle inherited by a forked child belongs to the
+ *     parent (like its allocator, I8 of internal/shm.h): every call but
+ *     close refuses, and close frees only the child's memory.
  */
 #define MS__CH_LIVENESS_MS 100u
 
