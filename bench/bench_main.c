@@ -36,6 +36,7 @@ static const char usage[] =
     "                     vision    100 MiB frames between two processes\n"
     "                     python    the Python package vs Python's\n"
     "                               multiprocessing.shared_memory\n"
+    "                     channel   descriptor channel latency, idle CPU\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -133,6 +134,8 @@ static int wants(const char *only, const char *name) {
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--consumer") == 0)
     return msb_consumer_main();
+  if (argc >= 2 && strcmp(argv[1], "--channel-peer") == 0)
+    return msb_channel_peer_main(argc - 1, argv + 1);
 
   setvbuf(stdout, NULL, _IOLBF, 0); /* keep the table in step with stderr */
   msb_opts o = {0};
@@ -223,11 +226,9 @@ int main(int argc, char **argv) {
   static const struct {
     const char *name;
     int (*run)(const msb_opts *, cJSON *);
-  } scenarios[] = {{"registry", msb_registry},
-                   {"dedup", msb_dedup},
-                   {"shm", msb_shm},
-                   {"vision", msb_vision},
-                   {"python", msb_python}};
+  } scenarios[] = {{"registry", msb_registry}, {"dedup", msb_dedup},
+                   {"shm", msb_shm},           {"vision", msb_vision},
+                   {"python", msb_python},     {"channel", msb_channel}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;

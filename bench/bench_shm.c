@@ -89,6 +89,10 @@ int msb_consumer_main(void) {
       ms_tensor_release(t);
       printf("%llu %llu\n", (unsigned long long)(uv_hrtime() - t0),
              (unsigned long long)sum);
+    } else if (strncmp(line, "chan ", 5) == 0) {
+      int rc = msb_channel_cycle_peer(shm, line + 5);
+      if (rc != 0)
+        return rc;
     } else {
       int rc = vision_peer(shm, line);
       if (rc != 0)
@@ -224,6 +228,65 @@ static double stream_pipe(peer *p, ms_tensor_t *staging, const void *src,
     done++;
   }
   return (double)(uv_hrtime() - t0) / 1e9 / frames;
+}
+
+/* The pooled cycle with the descriptors moving through the channel
+ * instead of the pipe: write a frame, send it (the channel keeps the
+ * tensor; the producer releases its handle at once), the consumer reads
+ * every byte and acknowledges on a second channel, the producer flushes
+ * (the channel lets the region go); one frame in flight.
+ * The channels are set up before the clock starts.  Seconds per frame. */
+static double stream_channel(peer *p, ms_shm_t *shm, const void *src, size_t n,
+                             int frames) {
+  static int seq;
+  char name[48], ack_name[64];
+  (void)snprintf(name, sizeof(name), "msb-cyc-%d-%d", (int)getpid(), seq++);
+  (void)snprintf(ack_name, sizeof(ack_name), "%s-ack", name);
+  ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
+  o.capacity = 8;
+  /* The default spin window: two long spinners and any other load on a
+   * small machine wait for scheduler ticks (measured: ~11 ms a frame with
+   * 100 ms windows on 2 loaded cores, against ~0.5 ms with 20 us). */
+  ms_channel_t *out = NULL, *ack = NULL;
+  if (ms_channel_create(shm, name, &o, &out) != 0) {
+    fprintf(stderr, "modelshare-bench: %s\n", ms_channel_errmsg(NULL));
+    exit(1);
+  }
+  fprintf(p->in, "chan %s %d\n", name, frames);
+  fflush(p->in);
+  char line[64];
+  if (fgets(line, sizeof(line), p->out) == NULL ||
+      strcmp(line, "ready\n") != 0 ||
+      ms_channel_open(shm, ack_name, &o, &ack) != 0) {
+    fprintf(stderr, "modelshare-bench: channel cycle: %s\n",
+            ms_channel_errmsg(NULL));
+    exit(1);
+  }
+  uint64_t t0 = uv_hrtime();
+  for (int f = 0; f < frames; f++) {
+    ms_tensor_t *t = alloc_bytes(shm, n);
+    memcpy(ms_tensor_data(t), src, n);
+    int rc = ms_channel_send_tensor(out, t, NULL, 0, 60000);
+    ms_tensor_release(t);
+    uint64_t a = 0;
+    size_t len = 0;
+    if (rc == 0)
+      rc = ms_channel_recv(ack, &a, sizeof(a), &len, 60000);
+    /* The acknowledgement says the frame was consumed: give the region
+     * back to the pool now, as the pipe cycle releases it after the reply
+     * (otherwise the channel keeps it until the next send). */
+    if (rc == 0)
+      rc = ms_channel_flush(out, 0);
+    if (rc != 0) {
+      fprintf(stderr, "modelshare-bench: channel cycle: %s\n", ms_err_name(rc));
+      exit(1);
+    }
+  }
+  double per = (double)(uv_hrtime() - t0) / 1e9 / frames;
+  (void)peer_reply(p, NULL); /* "<frames> <sum>" */
+  ms_channel_close(ack);
+  ms_channel_close(out);
+  return per;
 }
 
 /* Python's multiprocessing.shared_memory doing the work of our cycles, the
@@ -364,7 +427,7 @@ static int python_gibs(size_t n, int reps, int frames, double *fresh,
 typedef struct shm_row {
   size_t mib;
   double floor, heap_read, shm_read, shm_read_cached, open_us, open1_us;
-  double pool1, pool4, fresh1, fresh4, pipe, py_fresh, py_reused;
+  double pool1, pool4, fresh1, fresh4, pipe, py_fresh, py_reused, pool_chan;
   const char *py_why; /* NULL when Python ran */
 } shm_row;
 
@@ -449,6 +512,10 @@ static void shm_measure(const msb_opts *o, peer *p, ms_shm_t *pooled,
     if (k == 0)
       row->open_us = msb_median(w, reps) / 1e3;
   }
+  (void)stream_channel(p, pooled, src, n, 2); /* warm */
+  for (int r = 0; r < reps; r++)
+    v[r] = stream_channel(p, pooled, src, n, frames);
+  row->pool_chan = n / GIB / msb_median(v, reps);
   ms_tensor_t *staging = alloc_bytes(pooled, n);
   for (int r = 0; r < reps; r++)
     v[r] = stream_pipe(p, staging, src, n, 4, frames);
@@ -473,6 +540,8 @@ static int shm_report(const shm_row *x, cJSON *arr) {
   int ok_read = x->shm_read_cached >= READ_TARGET * x->heap_read;
   int ok_open = x->open_us * 1e3 <= OPEN_TARGET_NS;
   int ok_cycle = x->pool1 >= CYCLE_TARGET * x->floor;
+  /* Issue 12: judged at 1 MiB, where the pipe's wake-up dominated. */
+  int ok_chan = x->mib != 1 || x->pool_chan >= CYCLE_TARGET * x->floor;
   int ok_py_fresh = py && fresh_ratio >= PY_FRESH_TARGET;
   int ok_py_reused = py && reused_ratio >= PY_REUSED_TARGET;
   printf("%5zu MiB: cached read %.0f%% of heap %s | open %.2f us %s | "
@@ -480,6 +549,9 @@ static int shm_report(const shm_row *x, cJSON *arr) {
          x->mib, 100 * x->shm_read_cached / x->heap_read, msb_pass(ok_read),
          x->open_us, msb_pass(ok_open), 100 * x->pool1 / x->floor,
          msb_pass(ok_cycle));
+  printf("%10s pooled cycle via the channel %.0f%% of floor %s\n", "",
+         100 * x->pool_chan / x->floor,
+         x->mib == 1 ? msb_pass(ok_chan) : "(judged at 1 MiB)");
   if (py)
     printf("%10s fresh vs Python fresh %.2fx %s (>= %.0fx) | pooled vs "
            "Python reused %.2fx %s (>= %.0fx) | pooled %.1fx pipe\n",
@@ -505,6 +577,7 @@ static int shm_report(const shm_row *x, cJSON *arr) {
   cJSON_AddNumberToObject(e, "cycle_fresh_streaming_gibs", x->fresh4);
   cJSON_AddNumberToObject(e, "cycle_pooled_gibs", x->pool1);
   cJSON_AddNumberToObject(e, "cycle_pooled_streaming_gibs", x->pool4);
+  cJSON_AddNumberToObject(e, "cycle_pooled_channel_gibs", x->pool_chan);
   cJSON_AddNumberToObject(e, "pipe_serialization_gibs", x->pipe);
   const char *py_keys[4] = {"python_mp_shm_gibs", "python_mp_shm_reused_gibs",
                             "python_fresh_ratio", "python_reused_ratio"};
@@ -515,7 +588,8 @@ static int shm_report(const shm_row *x, cJSON *arr) {
       cJSON_AddNumberToObject(e, py_keys[k], py_vals[k]);
     else
       cJSON_AddNullToObject(e, py_keys[k]);
-  return ok_read && ok_open && ok_cycle && ok_py_fresh && ok_py_reused;
+  return ok_read && ok_open && ok_cycle && ok_chan && ok_py_fresh &&
+         ok_py_reused;
 }
 
 int msb_shm(const msb_opts *o, cJSON *root) {

@@ -21,6 +21,9 @@ need = {
                  "limit", "hit_ns_median", "mutex_pair_ns_median",
                  "pss_without_bytes", "pss_with_bytes", "hit_ns_by_threads"],
     "dedup": ["threads", "loads", "wall_ratio_vs_one_load"],
+    "channel": ["spin_one_way_us_median", "busy_poll_one_way_us_median",
+                "blocked_one_way_us_median", "futex_one_way_us_median",
+                "idle_cpu_percent", "syscalls_per_message_spinning"],
     "vision": ["frame_bytes", "fps_shm", "fps_serialization", "speedup",
                "fps_serialization_fast", "fps_pipe_copy", "speedup_vs_best"],
 }
@@ -35,7 +38,8 @@ assert len(d["shm"]) >= 1
 for e in d["shm"]:
     for k in ["size_bytes", "floor_gibs", "heap_read_gibs", "shm_read_gibs",
               "shm_read_cached_gibs", "handoff_us_median", "cycle_fresh_gibs",
-              "cycle_pooled_gibs", "pipe_serialization_gibs",
+              "cycle_pooled_gibs", "cycle_pooled_channel_gibs",
+              "pipe_serialization_gibs",
               "python_mp_shm_gibs", "python_mp_shm_reused_gibs",
               "python_fresh_ratio", "python_reused_ratio"]:
         assert k in e, f"shm[].{k} missing"

@@ -94,7 +94,8 @@ MS_EXPORT const char *ms_version_string(void);
   XX(ENOTSUP, -13, "operation not supported on this platform")                 \
   XX(EACCES, -14, "permission denied")                                         \
   XX(ERANGE, -15, "value out of range")                                        \
-  XX(ECANCELED, -16, "the request was cancelled")
+  XX(ECANCELED, -16, "the request was cancelled")                              \
+  XX(EPIPE, -17, "the channel's producer is gone")
 
 typedef enum ms_errno {
 #define MS__ERR_ENUM(name, value, text) MS_##name = (value),
@@ -869,6 +870,224 @@ typedef struct ms_capabilities_s {
  * shm_available is 0 and tensors should travel by ms_tensor_serialize().
  */
 MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
+
+/* ------------------------------------------------------------------------ */
+/* Descriptor channel                                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A channel carries messages from one producer to its subscribers (up to
+ * max_subscribers processes) through a ring in shared memory: raw messages
+ * of up to payload_bytes, or tensor descriptors plus a few user bytes.
+ * Every subscriber receives every message published after it attached, in
+ * order (a broadcast, not a queue).
+ *
+ * Names: the ring is the object "msch-<name>.ring" in the allocator's
+ * namespace (the same `dir` for both sides; prefixes may differ).  name is
+ * 1 to 32 of [A-Za-z0-9_-].  The ring is created owner-only and checked on
+ * open like a region (owner, mode, fully backed); its header is hostile
+ * input: a forged ring is MS_EBADREGION, never a crash or a hang.
+ *
+ * Tensors: ms_channel_send_tensor() keeps its own reference until every
+ * subscriber attached at send time has received the message (or died), so
+ * the sender may release its handle at once; ms_channel_recv_tensor()
+ * returns the tensor already opened through the receiver's allocator.
+ * Under MS_CHANNEL_DROP_OLDEST a message a slow subscriber lost is counted
+ * as dropped, and its tensor is released when its slot is reused.
+ *
+ * Waiting: a receiver spins for spin_us microseconds, then sleeps (a futex
+ * on Linux, a named event on Windows); the producer makes a system call
+ * only when a subscriber sleeps.  A blocked producer (MS_CHANNEL_BLOCK,
+ * full ring) sleeps the same way.
+ *
+ * Crash safety: subscribers are known by their allocator's liveness token.
+ * A dead subscriber's entry is dropped when the producer finds the ring
+ * full, and by ms_channel_sweep(): until then it pins at most `capacity`
+ * tensors.  When the producer dies or closes, receivers get every message
+ * already published, then MS_EPIPE.  ms_channel_reclaim() unlinks rings
+ * whose producer died.
+ *
+ * Thread safety: every function may be called from any thread; calls on
+ * one channel are serialised by its lock (a blocked recv holds it).  The
+ * allocator passed to create/open must outlive the channel.  On Windows,
+ * ms_channel_fd() and ms_channel_recv_start() are MS_ENOTSUP and rings are
+ * not listed (ms_channel_reclaim() finds nothing: a ring dies with its
+ * last handle).
+ */
+/* Declared here so that this header does not need <uv.h>. */
+struct uv_loop_s;
+typedef struct ms_channel ms_channel_t;
+
+/** Full-ring policies. */
+#define MS_CHANNEL_BLOCK 0u       /**< send waits (up to its timeout) */
+#define MS_CHANNEL_DROP_OLDEST 1u /**< send overwrites; laggards drop */
+/** A timeout that never expires. */
+#define MS_CHANNEL_FOREVER UINT32_MAX
+
+/** Channel options.  Initialise with MS_CHANNEL_OPTIONS_INIT. */
+typedef struct ms_channel_options {
+  size_t struct_size;
+  /** Slots in the ring, a power of two (2 .. 1048576).  Default 256. */
+  uint32_t capacity;
+  /** Bytes a message may carry, 1 .. 65536; tensor messages need their
+   *  descriptor (< MS_DESCRIPTOR_MAX) plus the user bytes.  Default
+   *  MS_DESCRIPTOR_MAX + 64. */
+  uint32_t payload_bytes;
+  /** Subscribers that may be attached at once, 1 .. 64.  Default 8. */
+  uint32_t max_subscribers;
+  /** MS_CHANNEL_BLOCK (default) or MS_CHANNEL_DROP_OLDEST. */
+  uint32_t policy;
+  /** How long a waiting call spins before it sleeps, in microseconds;
+   *  0 = sleep at once.  Default 20.  Used by both sides. */
+  uint32_t spin_us;
+  /** Reserved: set it to 0. */
+  uint32_t reserved0;
+} ms_channel_options_t;
+
+#define MS_CHANNEL_OPTIONS_INIT                                                \
+  {                                                                            \
+    sizeof(ms_channel_options_t), 256, MS_DESCRIPTOR_MAX + 64, 8,              \
+        MS_CHANNEL_BLOCK, 20, 0                                                \
+  }
+
+/**
+ * Creates the channel `name` as its producer.  options may be NULL for the
+ * defaults.  A ring of that name whose producer died is replaced.
+ * On success *out owns the channel; close it with ms_channel_close().
+ * Errors: MS_EINVAL (NULL argument, bad name or option, shm inherited
+ *   across fork()), MS_EBUSY (a live producer has that name), MS_ENOSPC,
+ *   MS_EACCES, MS_ENOMEM, MS_EIO.
+ */
+MS_EXPORT int ms_channel_create(ms_shm_t *shm, const char *name,
+                                const ms_channel_options_t *options,
+                                ms_channel_t **out);
+/**
+ * Attaches to the channel `name` as a subscriber; it receives the messages
+ * published from now on.  options may be NULL; only spin_us is used.
+ * Errors: MS_EINVAL (NULL argument, bad name), MS_ENOENT (no such
+ *   channel, or not yet initialised), MS_EBADREGION (malformed or hostile
+ *   ring), MS_EACCES (another user's, or writable by others), MS_EBUSY
+ *   (max_subscribers live subscribers), MS_EPIPE (its producer is gone),
+ *   MS_ENOMEM, MS_EIO.  ms_channel_errmsg(NULL) says why.
+ */
+MS_EXPORT int ms_channel_open(ms_shm_t *shm, const char *name,
+                              const ms_channel_options_t *options,
+                              ms_channel_t **out);
+/**
+ * Closes a channel.  A producer marks the ring closed (receivers drain it,
+ * then get MS_EPIPE), releases the tensors it kept and unlinks the ring;
+ * call ms_channel_flush() first to wait for delivery.  A subscriber frees
+ * its entry.  Stops ms_channel_recv_start() (call it on the loop thread
+ * then).  NULL does nothing.
+ */
+MS_EXPORT void ms_channel_close(ms_channel_t *ch);
+
+/**
+ * Publishes n bytes (n <= payload_bytes; n may be 0) to every subscriber.
+ * Under MS_CHANNEL_BLOCK a full ring waits up to timeout_ms (0: not at
+ * all; MS_CHANNEL_FOREVER) for the slowest live subscriber.
+ * Errors: MS_EINVAL (NULL ch, NULL bytes with n > 0, not the producer),
+ *   MS_ERANGE (n too large), MS_ETIMEDOUT (still full; nothing sent).
+ */
+MS_EXPORT int ms_channel_send(ms_channel_t *ch, const void *bytes, size_t n,
+                              uint32_t timeout_ms);
+/**
+ * Publishes shared-memory tensor t's descriptor plus n user bytes.  The
+ * channel takes its own reference on t (see "Tensors" above); the caller
+ * keeps its own and may release it at once.
+ * Errors: as ms_channel_send(); MS_EINVAL also for a NULL or heap tensor,
+ *   MS_ERANGE when descriptor + n exceed payload_bytes.
+ */
+MS_EXPORT int ms_channel_send_tensor(ms_channel_t *ch, ms_tensor_t *t,
+                                     const void *user, size_t n,
+                                     uint32_t timeout_ms);
+/**
+ * Waits up to timeout_ms for every live subscriber to receive everything
+ * sent so far (producer only), and releases the tensors every subscriber
+ * has received (even on MS_ETIMEDOUT).  The channel otherwise releases
+ * them at the next send; a producer whose own protocol tells it a frame
+ * was consumed (an acknowledgement) may call ms_channel_flush(ch, 0) to
+ * give the region back to its pool at once (timeout 0 never spins).
+ * Errors: MS_EINVAL, MS_ETIMEDOUT.
+ */
+MS_EXPORT int ms_channel_flush(ms_channel_t *ch, uint32_t timeout_ms);
+
+/**
+ * Receives the next raw message into buf (cap bytes); *n gets its length.
+ * Waits up to timeout_ms (spinning spin_us first).  A tensor message is
+ * left in place (MS_EINVAL): receive it with ms_channel_recv_tensor().
+ * Errors: MS_EINVAL (NULL argument, not a subscriber, a tensor message),
+ *   MS_ERANGE (cap too small: *n is the length, the message stays),
+ *   MS_ETIMEDOUT (nothing arrived), MS_EPIPE (the producer closed or died
+ *   and every message was received), MS_EBADREGION (the ring was
+ *   scribbled on).
+ */
+MS_EXPORT int ms_channel_recv(ms_channel_t *ch, void *buf, size_t cap,
+                              size_t *n, uint32_t timeout_ms);
+/**
+ * Receives the next message.  A tensor message gives *t, opened through
+ * the subscriber's allocator with `flags` (MS_OPEN_WRITE or 0) and held
+ * once (release it with ms_tensor_release()), and its user bytes in
+ * user[0..*n) (user may be NULL when cap is 0); a raw message gives
+ * *t = NULL and its bytes.
+ * Errors: as ms_channel_recv(), and ms_tensor_open()'s (the message is
+ *   then consumed: its tensor was not there, e.g. its producer died).
+ */
+MS_EXPORT int ms_channel_recv_tensor(ms_channel_t *ch, unsigned flags,
+                                     uint32_t timeout_ms, ms_tensor_t **t,
+                                     void *user, size_t cap, size_t *n);
+
+/**
+ * A file descriptor that polls readable while messages may be waiting for
+ * this subscriber (POSIX).  It is this process's own pipe, written by a
+ * helper thread that sleeps on the ring like a receiver; it is re-armed by
+ * a recv that finds the ring empty (MS_ETIMEDOUT), so receive with timeout
+ * 0 until then.  Owned by the channel.
+ * Errors: MS_EINVAL (NULL argument, producer), MS_ENOTSUP (Windows),
+ *   MS_EIO, MS_ENOMEM.
+ */
+MS_EXPORT int ms_channel_fd(ms_channel_t *ch, int *fd);
+
+/** Called on the loop thread when messages may be waiting: receive with
+ *  timeout 0 until MS_ETIMEDOUT; on MS_EPIPE call ms_channel_recv_stop(). */
+typedef void (*ms_channel_cb)(ms_channel_t *ch, void *user);
+
+/**
+ * Watches ms_channel_fd() with a uv_poll_t on loop and calls cb from it.
+ * Errors: MS_EINVAL (NULL argument), MS_EBUSY (already started), and
+ *   ms_channel_fd()'s.  Call from the loop's thread.
+ */
+MS_EXPORT int ms_channel_recv_start(ms_channel_t *ch, struct uv_loop_s *loop,
+                                    ms_channel_cb cb, void *user);
+/** Stops watching; the poll handle is closed on the loop's next turn.
+ *  Errors: MS_EINVAL (NULL), MS_ENOENT (not started).  Loop thread. */
+MS_EXPORT int ms_channel_recv_stop(ms_channel_t *ch);
+
+/**
+ * Producer: drops the entries of subscribers that died and releases the
+ * tensors only they still needed.  *dropped (may be NULL) gets how many.
+ * Errors: MS_EINVAL (NULL ch, not the producer).
+ */
+MS_EXPORT int ms_channel_sweep(ms_channel_t *ch, size_t *dropped);
+/**
+ * Unlinks the rings in shm's namespace whose producer died.  *reclaimed
+ * (may be NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
+ * Errors: MS_EINVAL (NULL shm or inherited), MS_EIO, MS_ENOMEM.
+ */
+MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);
+
+/**
+ * Counters as JSON; free *json with ms_free().  Keys: role ("producer" or
+ * "subscriber"), sent, received, dropped, full_waits (sends that found the
+ * ring full), wakes (wake-up system calls this handle made), spin_hits
+ * (waits that found a message while spinning), sleeps (waits that slept);
+ * a producer adds "subscribers": [{received, dropped, lag}] of the live
+ * entries.  Errors: MS_EINVAL, MS_ENOMEM.
+ */
+MS_EXPORT int ms_channel_stats_json(ms_channel_t *ch, char **json);
+/** Message for the last error the calling thread got from ch ("" if none;
+ *  NULL: the last failed ms_channel_create/open of this thread). */
+MS_EXPORT const char *ms_channel_errmsg(const ms_channel_t *ch);
 
 /* ------------------------------------------------------------------------ */
 /* Serialization fallback (safetensors)                                      */

@@ -58,7 +58,7 @@ UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   variant asan -LE 'install|python' -- -DMS_SANITIZE=address
 # ThreadSanitizer: the multi-threaded suites.
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  variant tsan -L 'registry|shm' -LE python -- -DMS_SANITIZE=thread \
+  variant tsan -L 'registry|shm|channel' -LE python -- -DMS_SANITIZE=thread \
   -DMS_BUILD_EXAMPLES=OFF
 bash scripts/win32.sh
 count_ctest build/win32/ctest.log

@@ -64,18 +64,30 @@ static int live(const ms__map *m) {
   return MS__LIFE_STATE(atomic_load(&m->hdr->life)) == MS__LIVE;
 }
 
+/* Worth keeping cached: LIVE, or FREE in a pool (its creator makes it LIVE
+ * again at a later allocation: a producer that releases a frame one
+ * hand-off late, as the channel does, recycles regions the consumer
+ * would otherwise re-map and fault in every time).  `flags` is untrusted:
+ * a wrong value costs at most one cached mapping. */
+static int reusable(const ms__map *m) {
+  unsigned st = MS__LIFE_STATE(atomic_load(&m->hdr->life));
+  uint32_t flags;
+  memcpy(&flags, &m->hdr->flags, sizeof(flags));
+  return st == MS__LIVE || (st == MS__FREE && (flags & MS__POOLED));
+}
+
 void ms__cache_prune(ms_shm_t *shm) {
   ms__map *m = shm->lru_head;
   while (m != NULL) {
     ms__map *next = m->lru_next;
-    if (!live(m))
+    if (!reusable(m))
       ms__map_drop(shm, m);
     m = next;
   }
 }
 
 void ms__cache_put(ms_shm_t *shm, ms__map *m) {
-  if (shm->open_cache == 0 || !live(m) ||
+  if (shm->open_cache == 0 || !reusable(m) ||
       (shm->open_cache_bytes != 0 && m->region.size > shm->open_cache_bytes)) {
     ms__map_drop(shm, m);
     return;

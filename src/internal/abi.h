@@ -23,6 +23,8 @@
 #define MS__REGISTRY_STATS_V1 96
 #define MS__MODEL_INFO_V1 72
 #define MS__CAPABILITIES_V1 48
+/* 1.1 structs: frozen with release 1.1. */
+#define MS__CHANNEL_OPTIONS_V1 32
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller

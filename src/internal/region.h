@@ -76,4 +76,32 @@ unsigned ms__fork_epoch(void);
 int ms__random(void *buf, size_t len);
 size_t ms__page_size(void);
 
+/* ------------------------------------------------------------------------ */
+/* Channel wait/wake (channel.c's block; shm_wait_linux.c, shm_wait_win32.c) */
+/* ------------------------------------------------------------------------ */
+
+#include <stdatomic.h>
+
+/* The wake objects of one ring: nothing on Linux (futexes on the ring's
+ * own words), named auto-reset events "<ring>.w<i>" on Win32. */
+typedef struct ms__waitset ms__waitset;
+
+/* Opens (or creates) the wake objects of ring object `ring` for word
+ * indexes 0..n-1, owner-only. */
+int ms__waitset_open(const ms__ns *ns, const char *ring, unsigned n,
+                     ms__waitset **out);
+void ms__waitset_close(ms__waitset *ws);
+/* Sleeps while *word == expect, at most timeout_ms; may return early
+ * (callers re-check).  word lives in shared memory: cross-process. */
+void ms__wait(ms__waitset *ws, unsigned idx, _Atomic uint32_t *word,
+              uint32_t expect, uint32_t timeout_ms);
+/* Wakes every process sleeping on word idx (the caller changed *word). */
+void ms__wake(ms__waitset *ws, unsigned idx, _Atomic uint32_t *word);
+/* A process-local pollable notifier (a non-blocking pipe on POSIX):
+ * MS_ENOTSUP where there is none (Win32). */
+int ms__notify_open(intptr_t *rd, intptr_t *wr);
+void ms__notify_signal(intptr_t wr);
+void ms__notify_drain(intptr_t rd);
+void ms__notify_close(intptr_t rd, intptr_t wr);
+
 #endif
