@@ -81,7 +81,7 @@ MS_EXPORT const char *ms_version_string(void);
 #define MS_ERRNO_MAP(XX)                                                       \
   XX(EINVAL, -1, "invalid argument")                                           \
   XX(ENOMEM, -2, "out of memory, or over a memory budget")                     \
-  XX(ETIMEDOUT, -3, "timed out waiting for a model another caller is loading") \
+  XX(ETIMEDOUT, -3, "timed out")                                               \
   XX(EDEADLK, -4, "a loader asked for the model it is loading")                \
   XX(EBUSY, -5, "object still in use")                                         \
   XX(ENOENT, -6, "not found")                                                  \

@@ -335,6 +335,47 @@ static int sc_dlpack(void) {
   return ms_shm_destroy(a) != 0 ? MS_EIO : rc;
 }
 
+/* The descriptor channel's set-up and one message of each kind. */
+static int sc_channel(void) {
+  int rc = 0, rc2 = 0;
+  ms_shm_t *a = shm_in_ns("afp-", &rc);
+  if (a == NULL)
+    return rc;
+  ms_shm_t *b = shm_in_ns("afq-", &rc2);
+  ms_channel_t *p = NULL, *c = NULL;
+  ms_tensor_t *t = NULL, *u = NULL;
+  rc = rc2;
+  if (rc == 0)
+    rc = ms_channel_create(a, "allocfail", NULL, &p);
+  if (rc == 0)
+    rc = ms_channel_open(b, "allocfail", NULL, &c);
+  int64_t shape[1] = {4096};
+  if (rc == 0)
+    rc = ms_tensor_alloc(a, MS_DTYPE_UINT8, 1, shape, NULL, &t);
+  if (rc == 0) {
+    memset(ms_tensor_data(t), 0x6b, 4096);
+    rc = ms_channel_send_tensor(p, t, "u", 1, 1000);
+  }
+  ms_tensor_release(t);
+  char buf[8];
+  size_t n = 0;
+  if (rc == 0)
+    rc = ms_channel_recv_tensor(c, 0, 1000, &u, buf, sizeof(buf), &n);
+  if (rc == 0 && (n != 1 || ((unsigned char *)ms_tensor_data(u))[4095] != 0x6b))
+    rc = MS_EIO;
+  ms_tensor_release(u);
+  if (rc == 0)
+    rc = ms_channel_send(p, "hi", 2, 1000);
+  if (rc == 0)
+    rc = ms_channel_recv(c, buf, sizeof(buf), &n, 1000);
+  if (rc == 0 && (n != 2 || memcmp(buf, "hi", 2) != 0))
+    rc = MS_EIO;
+  ms_channel_close(c);
+  ms_channel_close(p);
+  int d = ms_shm_destroy(b) | ms_shm_destroy(a);
+  return d != 0 ? MS_EIO : rc;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The driver                                                                */
 /* ------------------------------------------------------------------------ */
@@ -403,6 +444,9 @@ static void test_async(void **s) { (void)s, run_scenario("async", sc_async); }
 static void test_shm(void **s) { (void)s, run_scenario("shm", sc_shm); }
 static void test_serialize(void **s) {
   (void)s, run_scenario("serialize", sc_serialize);
+}
+static void test_channel(void **s) {
+  (void)s, run_scenario("channel", sc_channel);
 }
 static void test_dlpack(void **s) {
   (void)s, run_scenario("dlpack", sc_dlpack);
@@ -623,6 +667,7 @@ int main(void) {
       cmocka_unit_test(test_shm),
       cmocka_unit_test(test_serialize),
       cmocka_unit_test(test_dlpack),
+      cmocka_unit_test(test_channel),
       cmocka_unit_test(test_fd_exhaustion),
       cmocka_unit_test(test_address_space),
       cmocka_unit_test(test_full_tmpfs),
