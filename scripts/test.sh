@@ -66,7 +66,7 @@ echo "=== fuzzing"
 bash scripts/fuzz.sh | tee build/fuzz.log
 count '^fuzz target passed: ' build/fuzz.log
 echo "=== CI self-check"
-bash scripts/ci-selfcheck.sh build/release build/asan build/tsan build/win32 |
+bash scripts/ci-selfcheck.sh build/release build/asan build/tsan build/win32/build |
   tee build/ci-selfcheck.log
 count '^selfcheck passed: ' build/ci-selfcheck.log
 echo "=== all test variants passed"
