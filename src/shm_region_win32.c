@@ -17,6 +17,7 @@
  *   - A directory namespace (options->dir) is not supported: MS_ENOTSUP.
  */
 #include "internal/region.h"
+#include "internal/win32.h"
 
 #include <windows.h>
 
@@ -63,8 +64,8 @@ static int wide_name(const char *name, const char *suffix, wchar_t *out,
   return 0;
 }
 
-/* A security descriptor granting all access to the current user only. */
-static int owner_only(SECURITY_ATTRIBUTES *sa, PSECURITY_DESCRIPTOR *sd) {
+/* The current user only (internal/win32.h). */
+int ms__win32_owner_only(SECURITY_ATTRIBUTES *sa, PSECURITY_DESCRIPTOR *sd) {
   HANDLE token = NULL;
   char info[256];
   DWORD len = 0;
@@ -97,7 +98,7 @@ static int prepare_named(const char *name, wchar_t *wname,
                          SECURITY_ATTRIBUTES *sa, PSECURITY_DESCRIPTOR *sd) {
   if (wide_name(name, "", wname, 160) != 0)
     return MS_EINVAL;
-  return owner_only(sa, sd);
+  return ms__win32_owner_only(sa, sd);
 }
 
 int ms__ns_open(const char *dir, ms__ns **out) {

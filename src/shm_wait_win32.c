@@ -5,6 +5,7 @@
  * wait return early, and every caller re-checks its condition.  There is
  * no pollable notifier (uv_poll takes sockets only on Windows). */
 #include "internal/region.h"
+#include "internal/win32.h"
 
 #include <windows.h>
 
@@ -16,34 +17,6 @@ struct ms__waitset {
   unsigned n;
   HANDLE ev[];
 };
-
-/* A security descriptor granting all access to the current user only. */
-static int owner_only(SECURITY_ATTRIBUTES *sa, PSECURITY_DESCRIPTOR *sd) {
-  HANDLE token = NULL;
-  char info[256];
-  DWORD len = 0;
-  LPWSTR sid = NULL;
-  int rc = MS_EACCES;
-  if (OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token) &&
-      GetTokenInformation(token, TokenUser, info, sizeof(info), &len) &&
-      ConvertSidToStringSidW(((TOKEN_USER *)info)->User.Sid, &sid)) {
-    wchar_t sddl[256];
-    _snwprintf(sddl, 256, L"D:P(A;;GA;;;%ls)", sid);
-    sddl[255] = L'\0';
-    if (ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            sddl, SDDL_REVISION_1, sd, NULL)) {
-      sa->nLength = sizeof(*sa);
-      sa->lpSecurityDescriptor = *sd;
-      sa->bInheritHandle = FALSE;
-      rc = 0;
-    }
-  }
-  if (sid != NULL)
-    LocalFree(sid);
-  if (token != NULL)
-    CloseHandle(token);
-  return rc;
-}
 
 void ms__waitset_close(ms__waitset *ws) {
   if (ws == NULL)
@@ -63,7 +36,7 @@ int ms__waitset_open(const ms__ns *ns, const char *ring, unsigned n,
   ws->n = n;
   SECURITY_ATTRIBUTES sa;
   PSECURITY_DESCRIPTOR sd = NULL;
-  int rc = owner_only(&sa, &sd);
+  int rc = ms__win32_owner_only(&sa, &sd);
   for (unsigned i = 0; rc == 0 && i < n; i++) {
     char buf[160];
     wchar_t w[160];
