@@ -759,8 +759,9 @@ typedef struct ms_shm_options {
  * Creates an allocator, takes its liveness token and sweeps the namespace.
  * options may be NULL for the defaults.
  * Errors: MS_EINVAL (bad option: prefix charset or length, dir not a
- *   directory), MS_ENOTSUP (no shared memory here), MS_EACCES, MS_EIO,
- *   MS_ENOMEM.
+ *   directory, options struct_size below the 1.0 size), MS_ENOENT (dir does
+ *   not exist), MS_ENOTSUP (no shared memory here), MS_EACCES, MS_EIO (also
+ *   out of file descriptors), MS_ENOMEM.  ms_shm_errmsg(NULL) says which.
  */
 MS_EXPORT int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out);
 /**
