@@ -117,8 +117,7 @@ static void read_line(child *c, char *buf, size_t len) {
 }
 
 static DWORD finish(child *c) {
-  assert_int_equal(WaitForSingleObject(c->pi.hProcess, 120000),
-                   WAIT_OBJECT_0);
+  assert_int_equal(WaitForSingleObject(c->pi.hProcess, 120000), WAIT_OBJECT_0);
   DWORD code = 0;
   GetExitCodeProcess(c->pi.hProcess, &code);
   CloseHandle(c->pi.hProcess);

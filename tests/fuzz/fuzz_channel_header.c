@@ -9,10 +9,10 @@
 #include "internal/shm.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -75,9 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* Publish 1..4 of the input's own slots to this subscriber, as a
    * producer would (or a scribbler), by moving head. */
   int mfd = open(path, O_RDWR);
-  void *m = mfd >= 0 ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                            mfd, 0)
-                     : MAP_FAILED;
+  void *m = mfd >= 0
+                ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)
+                : MAP_FAILED;
   if (mfd >= 0)
     close(mfd);
   if (m != MAP_FAILED) {
