@@ -5,6 +5,7 @@
  * blocked producer, and a TerminateProcess'ed producer whose subscriber
  * gets MS_EPIPE instead of a hang. */
 #include "test_util.h"
+#include "win32_child.h"
 
 #include <windows.h>
 
@@ -77,54 +78,13 @@ static int peer_prod(const char *name) {
 
 /* ---- the test side ---- */
 
-typedef struct child {
-  PROCESS_INFORMATION pi;
-  HANDLE out;
-} child;
-
 static child spawn(const char *args) {
-  SECURITY_ATTRIBUTES sa = {sizeof(sa), NULL, TRUE};
-  HANDLE rd, wr;
-  assert_true(CreatePipe(&rd, &wr, &sa, 0));
-  SetHandleInformation(rd, HANDLE_FLAG_INHERIT, 0);
-  STARTUPINFOA si;
-  memset(&si, 0, sizeof(si));
-  si.cb = sizeof(si);
-  si.dwFlags = STARTF_USESTDHANDLES;
-  si.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
-  si.hStdOutput = wr;
-  si.hStdError = GetStdHandle(STD_ERROR_HANDLE);
   char cmd[800];
   (void)snprintf(cmd, sizeof(cmd), "\"%s\" --peer %s", self, args);
-  child c;
-  memset(&c, 0, sizeof(c));
-  assert_true(
-      CreateProcessA(NULL, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &c.pi));
-  CloseHandle(wr);
-  c.out = rd;
-  return c;
+  return child_start(cmd);
 }
 
-static void read_line(child *c, char *buf, size_t len) {
-  size_t n = 0;
-  DWORD got = 0;
-  while (n + 1 < len && ReadFile(c->out, buf + n, 1, &got, NULL) && got == 1 &&
-         buf[n] != '\n')
-    n++;
-  buf[n] = '\0';
-  if (n > 0 && buf[n - 1] == '\r')
-    buf[n - 1] = '\0';
-}
-
-static DWORD finish(child *c) {
-  assert_int_equal(WaitForSingleObject(c->pi.hProcess, 120000), WAIT_OBJECT_0);
-  DWORD code = 0;
-  GetExitCodeProcess(c->pi.hProcess, &code);
-  CloseHandle(c->pi.hProcess);
-  CloseHandle(c->pi.hThread);
-  CloseHandle(c->out);
-  return code;
-}
+static DWORD finish(child *c) { return finish_within(c, 120000); }
 
 static void expect_line(child *c, const char *want) {
   char buf[256];

@@ -5,6 +5,7 @@
 #include "test_util.h"
 
 #include "internal/shm.h"
+#include "win32_child.h"
 
 #include <windows.h>
 
@@ -14,54 +15,13 @@
 
 static const char *helper;
 
-typedef struct child {
-  PROCESS_INFORMATION pi;
-  HANDLE out; /* read end of its stdout */
-} child;
-
 static child spawn(const char *args) {
-  SECURITY_ATTRIBUTES sa = {sizeof(sa), NULL, TRUE};
-  HANDLE rd, wr;
-  assert_true(CreatePipe(&rd, &wr, &sa, 0));
-  SetHandleInformation(rd, HANDLE_FLAG_INHERIT, 0);
-  STARTUPINFOA si;
-  memset(&si, 0, sizeof(si));
-  si.cb = sizeof(si);
-  si.dwFlags = STARTF_USESTDHANDLES;
-  si.hStdInput = GetStdHandle(STD_INPUT_HANDLE);
-  si.hStdOutput = wr;
-  si.hStdError = GetStdHandle(STD_ERROR_HANDLE);
   char cmd[512];
   (void)snprintf(cmd, sizeof(cmd), "\"%s\" %s", helper, args);
-  child c;
-  memset(&c, 0, sizeof(c));
-  assert_true(
-      CreateProcessA(NULL, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &c.pi));
-  CloseHandle(wr);
-  c.out = rd;
-  return c;
+  return child_start(cmd);
 }
 
-static void read_line(child *c, char *buf, size_t len) {
-  size_t n = 0;
-  DWORD got = 0;
-  while (n + 1 < len && ReadFile(c->out, buf + n, 1, &got, NULL) && got == 1 &&
-         buf[n] != '\n')
-    n++;
-  buf[n] = '\0';
-  if (n > 0 && buf[n - 1] == '\r')
-    buf[n - 1] = '\0';
-}
-
-static DWORD finish(child *c) {
-  WaitForSingleObject(c->pi.hProcess, 60000);
-  DWORD code = 0;
-  GetExitCodeProcess(c->pi.hProcess, &code);
-  CloseHandle(c->pi.hProcess);
-  CloseHandle(c->pi.hThread);
-  CloseHandle(c->out);
-  return code;
-}
+static DWORD finish(child *c) { return finish_within(c, 60000); }
 
 static ms_shm_t *new_shm(uint64_t pool_bytes) {
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
