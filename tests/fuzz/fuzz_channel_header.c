@@ -5,6 +5,7 @@
  * tensor), so that validated geometry and every slot field are exercised.
  * A non-zero producer token in the input is replaced by our own, which is
  * alive, so that inputs get past the liveness check. */
+#include "fuzz_util.h"
 #include "internal/channel.h"
 #include "internal/shm.h"
 
@@ -30,10 +31,7 @@ static void cleanup(void) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  const char *base = getenv("MS_FUZZ_DIR");
-  (void)snprintf(dir, sizeof(dir), "%s/ns-XXXXXX", base ? base : "/dev/shm");
-  if (mkdtemp(dir) == NULL)
-    abort();
+  fuzz_ns_dir(dir, sizeof(dir));
   (void)snprintf(path, sizeof(path), "%s/msch-fz.ring", dir);
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
   o.dir = dir;

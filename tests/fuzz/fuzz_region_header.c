@@ -3,6 +3,7 @@
  * is then opened by descriptor (generation taken from the input's own
  * header, so valid-looking regions get far).  A region that opens must be
  * readable end to end without a fault. */
+#include "fuzz_util.h"
 #include "modelshare.h"
 
 #include <fcntl.h>
@@ -28,12 +29,7 @@ static void cleanup(void) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  /* scripts/fuzz.sh points MS_FUZZ_DIR at a tmpfs directory it removes
-   * afterwards, even when a target dies. */
-  const char *base = getenv("MS_FUZZ_DIR");
-  (void)snprintf(dir, sizeof(dir), "%s/ns-XXXXXX", base ? base : "/dev/shm");
-  if (mkdtemp(dir) == NULL)
-    abort();
+  fuzz_ns_dir(dir, sizeof(dir));
   (void)snprintf(path, sizeof(path), "%s/%s", dir, NAME);
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
   o.dir = dir;
