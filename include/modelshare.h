@@ -917,9 +917,13 @@ typedef struct ms_capabilities_s {
 
 /**
  * Probes shared memory in dir (NULL: the default namespace) by creating,
- * mapping and unlinking a one-page region.  Errors: MS_EINVAL (NULL caps
- * or struct_size too small).  An unusable namespace is not an error:
- * shm_available is 0 and tensors should travel by ms_tensor_serialize().
+ * mapping and unlinking a one-page region.  On Linux it also creates a
+ * sealed memfd and, the first time in a process, forks a child that
+ * reopens it through /proc/<pid>/fd (the child only opens, reads and
+ * exits; the result is kept for the process's life): memfd_reopen.
+ * Errors: MS_EINVAL (NULL caps or struct_size too small).  An unusable
+ * namespace is not an error: shm_available is 0 and tensors should travel
+ * by ms_tensor_serialize().  Thread-safe.
  */
 MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
 

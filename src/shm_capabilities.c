@@ -39,6 +39,9 @@ int ms_capabilities(const char *dir, ms_capabilities_t *caps) {
     }
     ms__ns_close(ns);
   }
+  int made = 0;
+  c.memfd_reopen = (uint32_t)ms__anon_probe(&made);
+  c.memfd_available = (uint32_t)made;
   (void)ms__struct_out(caps, &c, sizeof(c), MS__CAPABILITIES_V1);
   return 0;
 }

@@ -39,26 +39,90 @@ int ms__prefix_valid(const char *p) {
   return n >= 1 && n <= MS__PREFIX_MAX;
 }
 
-int ms__name_parse(const char *name, size_t *prefix_len, uint64_t *creator) {
-  const size_t tail = 16 + 1 + 32;
+/* A decimal number of 1..max_digits digits without leading zeros (but
+ * "0"), at most max; the digits consumed, 0 if none fit. */
+static size_t parse_dec(const char *s, size_t max_digits, int64_t max,
+                        int64_t *out) {
   size_t n = 0;
-  while (n <= MS__NAME_MAX && name[n] != '\0') {
-    if (!is_name_char((unsigned char)name[n]))
-      return MS_EINVAL;
+  int64_t v = 0;
+  while (n < max_digits && s[n] >= '0' && s[n] <= '9') {
+    v = v * 10 + (s[n] - '0');
     n++;
   }
-  if (n > MS__NAME_MAX || n < tail + 1 || n - tail > MS__PREFIX_MAX)
-    return MS_EINVAL;
-  const char *t = name + n - tail;
-  for (size_t i = 0; i < tail; i++)
+  if (n == 0 || (s[n] >= '0' && s[n] <= '9') || (n > 1 && s[0] == '0') ||
+      v > max)
+    return 0;
+  *out = v;
+  return n;
+}
+
+/* <16 hex>-<32 hex>: the tail of a region name or a locator. */
+static int parse_tail(const char *t, uint64_t *creator, uint8_t *ident) {
+  for (size_t i = 0; i < 16 + 1 + 32; i++)
     if (i == 16 ? t[i] != '-' : !is_hex((unsigned char)t[i]))
       return MS_EINVAL;
-  if (prefix_len != NULL)
-    *prefix_len = n - tail;
   uint64_t c = 0;
   (void)parse_hex(t, 16, &c);
   if (creator != NULL)
     *creator = c;
+  for (size_t i = 0; ident != NULL && i < 16; i++) {
+    uint64_t b = 0;
+    (void)parse_hex(t + 17 + 2 * i, 2, &b);
+    ident[i] = (uint8_t)b;
+  }
+  return 0;
+}
+
+#define PID_LIMIT 4194304 /* PID_MAX_LIMIT on 64-bit Linux */
+
+int ms__locator_parse(const char *name, int64_t *pid, int64_t *fd,
+                      uint64_t *creator, uint8_t ident[16]) {
+  int64_t p = 0, f = 0;
+  size_t n = parse_dec(name, 7, PID_LIMIT, &p);
+  if (n == 0 || p == 0 || name[n] != ':')
+    return MS_EINVAL;
+  const char *s = name + n + 1;
+  n = parse_dec(s, 10, INT32_MAX, &f);
+  if (n == 0 || s[n] != ':')
+    return MS_EINVAL;
+  s += n + 1;
+  if (strnlen(s, 16 + 1 + 32 + 1) != 16 + 1 + 32 ||
+      parse_tail(s, creator, ident) != 0)
+    return MS_EINVAL;
+  if (pid != NULL)
+    *pid = p;
+  if (fd != NULL)
+    *fd = f;
+  return 0;
+}
+
+void ms__locator_format(char *buf, size_t len, int64_t pid, int64_t fd,
+                        uint64_t creator, const uint8_t ident[16]) {
+  int n = snprintf(buf, len, "%lld:%lld:%016llx-", (long long)pid,
+                   (long long)fd, (unsigned long long)creator);
+  for (int i = 0; i < 16 && n > 0 && (size_t)n < len; i++)
+    n += snprintf(buf + n, len - (size_t)n, "%02x", ident[i]);
+}
+
+int ms__name_parse(const char *name, size_t *prefix_len, uint64_t *creator) {
+  if (ms__locator_parse(name, NULL, NULL, creator, NULL) == 0) {
+    if (prefix_len != NULL)
+      *prefix_len = 0;
+    return 0;
+  }
+  const size_t tail = 16 + 1 + 32;
+  size_t n = 0;
+  while (n <= MS__REGION_NAME_MAX && name[n] != '\0') {
+    if (!is_name_char((unsigned char)name[n]))
+      return MS_EINVAL;
+    n++;
+  }
+  if (n > MS__REGION_NAME_MAX || n < tail + 1 || n - tail > MS__PREFIX_MAX)
+    return MS_EINVAL;
+  if (parse_tail(name + n - tail, creator, NULL) != 0)
+    return MS_EINVAL;
+  if (prefix_len != NULL)
+    *prefix_len = n - tail;
   return 0;
 }
 
@@ -81,17 +145,25 @@ int ms__token_name_parse(const char *name, const char *prefix,
 }
 
 int ms__descriptor_parse(const char *desc, char *name, uint64_t *gen) {
-  if (desc == NULL || strncmp(desc, "ms1:", 4) != 0)
+  if (desc == NULL)
     return MS_EINVAL;
+  const int v2 = strncmp(desc, "ms2:", 4) == 0;
+  if (!v2 && strncmp(desc, "ms1:", 4) != 0)
+    return MS_EINVAL;
+  /* ms1:<name>:<gen>, ms2:<pid>:<fd>:<tail>:<gen>: the generation follows
+   * the last of 1 (ms1) or 3 (ms2) colons, within the longest name. */
   const char *n = desc + 4;
-  size_t nlen = 0; /* scan no further than the string or the longest name */
-  while (nlen <= MS__NAME_MAX && n[nlen] != '\0' && n[nlen] != ':')
+  const size_t max = v2 ? MS__LOCATOR_MAX : MS__REGION_NAME_MAX;
+  size_t nlen = 0, colons = 0; /* scan no further than the longest name */
+  while (nlen <= max && n[nlen] != '\0' &&
+         (n[nlen] != ':' || ++colons < (v2 ? 3u : 1u)))
     nlen++;
-  if (nlen == 0 || nlen > MS__NAME_MAX || n[nlen] != ':')
+  if (nlen == 0 || nlen > max || n[nlen] != ':')
     return MS_EINVAL;
   memcpy(name, n, nlen);
   name[nlen] = '\0';
-  if (ms__name_parse(name, NULL, NULL) != 0)
+  if (v2 ? ms__locator_parse(name, NULL, NULL, NULL, NULL) != 0
+         : ms__name_parse(name, NULL, NULL) != 0)
     return MS_EINVAL;
   const char *g = n + nlen + 1;
   size_t glen = 0;
@@ -104,7 +176,8 @@ int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len) {
   if (t == NULL || buf == NULL || t->map == NULL)
     return MS_EINVAL;
   char tmp[MS_DESCRIPTOR_MAX];
-  int n = snprintf(tmp, sizeof(tmp), "ms1:%s:%llx", t->map->name,
+  int n = snprintf(tmp, sizeof(tmp), "ms%c:%s:%llx",
+                   ms__is_locator(t->map->name) ? '2' : '1', t->map->name,
                    (unsigned long long)t->gen);
   if (n <= 0 || (size_t)n >= len)
     return MS_ERANGE; /* buf untouched */

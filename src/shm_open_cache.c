@@ -159,8 +159,21 @@ static int map_get(ms_shm_t *shm, const char *name, int writable, ms__map **out,
   memcpy(m->name, name, strlen(name) + 1);
   m->slot = -1;
   const char *why = NULL;
-  int rc = ms__region_open(shm->ns, name, sizeof(ms__hdr), shm->allowed_uid,
-                           &m->region, &why);
+  int64_t pid = 0, fd = -1;
+  uint8_t ident[16];
+  const int anon = ms__locator_parse(name, &pid, &fd, NULL, ident) == 0;
+  int rc = anon ? ms__region_open_anon(pid, fd, sizeof(ms__hdr),
+                                       shm->allowed_uid, &m->region, &why)
+                : ms__region_open(shm->ns, name, sizeof(ms__hdr),
+                                  shm->allowed_uid, &m->region, &why);
+  if (rc == 0 && anon &&
+      memcmp(((ms__hdr *)m->region.base)->ident, ident, sizeof(ident)) != 0) {
+    /* The pid or the descriptor number was reused for another object: the
+     * region this locator named is gone. */
+    rc = MS_ENOENT;
+    why = "another object now (identity differs): the region is gone";
+    ms__region_unmap(&m->region);
+  }
   if (rc == 0 && !writable) {
     /* Everything past the header's page is read-only in this mapping,
      * whatever data_offset a later generation claims (it is at least one

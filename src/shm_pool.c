@@ -131,27 +131,40 @@ static ms__map *pool_take(ms_shm_t *shm, size_t bytes) {
   }
 }
 
-static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
-  ms__map *m = ms__calloc(1, sizeof(*m));
-  if (m == NULL)
-    return MS_ENOMEM;
-  unsigned char rnd[16];
-  int rc = ms__random(rnd, sizeof(rnd));
-  if (rc != 0) {
-    ms__free(m);
+/* A new region of `size` bytes, named (the name from the random identity)
+ * or anonymous (the locator from where the platform put it). */
+static int region_make(ms_shm_t *shm, size_t size, const uint8_t ident[16],
+                       ms__map *m) {
+  if (shm->backend == MS_SHM_BACKEND_MEMFD) {
+    int64_t pid = 0, fd = -1;
+    int rc = ms__region_create_anon(size, &m->region, &pid, &fd);
+    if (rc == 0)
+      ms__locator_format(m->name, sizeof(m->name), pid, fd, shm->token, ident);
     return rc;
   }
   int n = snprintf(m->name, sizeof(m->name), "%s%016llx-", shm->prefix,
                    (unsigned long long)shm->token);
   for (int i = 0; i < 16; i++)
-    n += snprintf(m->name + n, sizeof(m->name) - (size_t)n, "%02x", rnd[i]);
+    n += snprintf(m->name + n, sizeof(m->name) - (size_t)n, "%02x", ident[i]);
+  return ms__region_create(shm->ns, m->name, size, &m->region);
+}
 
+static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
+  ms__map *m = ms__calloc(1, sizeof(*m));
+  if (m == NULL)
+    return MS_ENOMEM;
+  uint8_t ident[16];
+  int rc = ms__random(ident, sizeof(ident));
+  if (rc != 0) {
+    ms__free(m);
+    return rc;
+  }
   size_t data = round_up(bytes > 0 ? bytes : 1, shm->page);
   if (data > SIZE_MAX - shm->header_size) {
     ms__free(m);
     return MS_ERANGE;
   }
-  rc = ms__region_create(shm->ns, m->name, shm->header_size + data, &m->region);
+  rc = region_make(shm, shm->header_size + data, ident, m);
   if (rc != 0) {
     ms__free(m);
     return rc;
@@ -165,6 +178,7 @@ static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
    * holder, or a creating region of a live creator, never a free one. */
   ms__hdr_init(m->hdr, shm->header_size, shm->token,
                shm->pool_bytes > 0 ? MS__POOLED : 0, m->gen);
+  memcpy(m->hdr->ident, ident, sizeof(ident));  /* a locator's check */
   m->slot = ms__slot_claim(m->hdr, shm->token); /* the slots are all 0 */
   atomic_store(&m->hdr->life, MS__LIFE(m->gen, MS__LIVE));
   ms__map_insert(shm, m);
@@ -342,6 +356,19 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
   shm->open_cache = o.open_cache;
   shm->open_cache_bytes = o.open_cache_bytes;
   shm->allowed_uid = o.allowed_uid;
+  shm->backend = o.backend;
+  if (o.backend == MS_SHM_BACKEND_AUTO) {
+    /* memfd only where a second process was seen reopening one, and
+     * only for the default namespace: a `dir` asks for files there. */
+    int made = 0;
+    shm->backend = o.dir == NULL && ms__anon_probe(&made)
+                       ? MS_SHM_BACKEND_MEMFD
+                       : MS_SHM_BACKEND_NAMED;
+  } else if (o.backend > MS_SHM_BACKEND_AUTO) {
+    ms__free(shm);
+    return ms__errmsg_set(&shm_errobj, MS_EINVAL, "unknown backend %u",
+                          o.backend);
+  }
   shm->page = ms__page_size();
   shm->header_size = round_up(sizeof(ms__hdr), shm->page);
   shm->st.struct_size = sizeof(shm->st);
@@ -359,7 +386,9 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
     if (rc != 0 || shm->token == 0)
       continue;
     ms__token_name(shm->token_name, sizeof(shm->token_name), shm->token);
-    rc = ms__token_acquire(shm->ns, shm->token_name, 0, &shm->tok);
+    rc = ms__token_acquire(
+        shm->ns, shm->token_name,
+        shm->backend == MS_SHM_BACKEND_MEMFD ? MS__TOKEN_NOFILE : 0, &shm->tok);
     if (rc == 0)
       break;
   }

@@ -3,6 +3,7 @@
  * flock()ed objects.  Linux-specific: the /dev/shm listing, MAP_POPULATE,
  * getrandom() and the st_blocks backing check. */
 #define _GNU_SOURCE /* MAP_POPULATE, O_NOFOLLOW, flock */
+#include "internal/posix.h"
 #include "internal/region.h"
 
 #include <uv.h>
@@ -12,13 +13,16 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/un.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
@@ -38,32 +42,6 @@ struct ms__ns {
   int dirfd; /* -1: shm_open()'s namespace */
   char dir[];
 };
-
-static int err_of(int e) {
-  switch (e) {
-  case ENOENT:
-    return MS_ENOENT;
-  case EACCES:
-  case EPERM:
-  case EROFS:
-    return MS_EACCES;
-  case ENOSPC:
-  case EFBIG:
-  case EDQUOT:
-    return MS_ENOSPC;
-  case ENOMEM:
-    return MS_ENOMEM;
-  case ENOSYS:
-  case EOPNOTSUPP:
-    return MS_ENOTSUP;
-  case ELOOP:
-  case ENAMETOOLONG:
-  case EINVAL:
-    return MS_EINVAL;
-  default:
-    return MS_EIO;
-  }
-}
 
 /*
  * fork(): the child's epoch differs from every object its parent made, and
@@ -85,8 +63,11 @@ static void on_fork_parent(void) { (void)pthread_mutex_unlock(&tokens_lock); }
 static void on_fork_child(void) {
   atomic_fetch_add_explicit(&fork_epoch, 1, memory_order_relaxed);
   for (ms__token *t = tokens; t != NULL; t = t->next) {
-    close((int)t->handle);
-    t->handle = -1;
+    if (t->handle >= 0)
+      close((int)t->handle);
+    if (t->aux >= 0)
+      close((int)t->aux);
+    t->handle = t->aux = -1;
   }
   tokens = NULL;
   (void)pthread_mutex_unlock(&tokens_lock);
@@ -110,7 +91,7 @@ static void tokens_add(ms__token *t) {
  * closed it in this process. */
 static int tokens_remove(ms__token *t) {
   (void)pthread_mutex_lock(&tokens_lock);
-  int held = t->handle >= 0;
+  int held = t->handle >= 0 || t->aux >= 0;
   if (held) {
     if (t->prev != NULL)
       t->prev->next = t->next;
@@ -138,7 +119,7 @@ int ms__ns_open(const char *dir, ms__ns **out) {
   if (dir != NULL) {
     ns->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (ns->dirfd < 0) {
-      int rc = errno == ENOTDIR ? MS_EINVAL : err_of(errno);
+      int rc = errno == ENOTDIR ? MS_EINVAL : ms__posix_err(errno);
       ms__free(ns);
       return rc;
     }
@@ -180,7 +161,7 @@ int ms__ns_space(const ms__ns *ns, uint64_t *free_bytes, uint64_t *total) {
   struct statvfs st;
   int rc = ns->dirfd >= 0 ? fstatvfs(ns->dirfd, &st) : statvfs(SHM_DIR, &st);
   if (rc != 0)
-    return err_of(errno);
+    return ms__posix_err(errno);
   *free_bytes = (uint64_t)st.f_bavail * st.f_frsize;
   *total = (uint64_t)st.f_blocks * st.f_frsize;
   return 0;
@@ -198,7 +179,7 @@ int ms__ns_list(const ms__ns *ns, const char *prefix,
     d = opendir(SHM_DIR);
   }
   if (d == NULL)
-    return errno == ENOENT ? MS_ENOTSUP : err_of(errno);
+    return errno == ENOENT ? MS_ENOTSUP : ms__posix_err(errno);
   size_t plen = strlen(prefix);
   struct dirent *e;
   while ((e = readdir(d)) != NULL)
@@ -214,7 +195,7 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
     return MS_EINVAL;
   int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0)
-    return err_of(errno);
+    return ms__posix_err(errno);
   /* Reserve the pages now: a full tmpfs fails here, not with SIGBUS at
    * first touch. */
   int e;
@@ -231,7 +212,7 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
   close(fd);
   if (e != 0) {
     (void)ns_unlink(ns, name);
-    return err_of(e);
+    return ms__posix_err(e);
   }
   out->base = base;
   out->size = size;
@@ -245,11 +226,33 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
   *why = NULL;
   int fd = ns_open_fd(ns, name, O_RDWR, 0);
   if (fd < 0)
-    return err_of(errno);
+    return ms__posix_err(errno);
+  struct stat st;
+  int rc = ms__posix_check_object(fd, min_size, allowed_uid, &st, why);
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  size_t size = (size_t)st.st_size;
+  void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int e = base == MAP_FAILED ? errno : 0;
+  close(fd);
+  if (e != 0)
+    return ms__posix_err(e);
+  out->base = base;
+  out->size = size;
+  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
+  out->readonly = 0;
+  return 0;
+}
+
+int ms__posix_check_object(int fd, size_t min_size, int64_t allowed_uid,
+                           struct stat *out, const char **why) {
   struct stat st;
   int rc = 0;
+  *why = NULL;
   if (fstat(fd, &st) != 0) {
-    rc = err_of(errno);
+    rc = ms__posix_err(errno);
   } else if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
              (uint64_t)st.st_size < min_size ||
              (uint64_t)st.st_size > SIZE_MAX) {
@@ -268,21 +271,9 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
     rc = MS_EBADREGION;
     *why = "not fully backed (sparse)";
   }
-  if (rc != 0) {
-    close(fd);
-    return rc;
-  }
-  size_t size = (size_t)st.st_size;
-  void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  int e = base == MAP_FAILED ? errno : 0;
-  close(fd);
-  if (e != 0)
-    return err_of(e);
-  out->base = base;
-  out->size = size;
-  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
-  out->readonly = 0;
-  return 0;
+  if (rc == 0)
+    *out = st;
+  return rc;
 }
 
 int ms__region_protect(ms__region *r, size_t from, int writable) {
@@ -291,7 +282,7 @@ int ms__region_protect(ms__region *r, size_t from, int writable) {
   int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
   return mprotect((char *)r->base + from, r->size - from, prot) == 0
              ? 0
-             : err_of(errno);
+             : ms__posix_err(errno);
 }
 
 void ms__region_unmap(ms__region *r) {
@@ -313,7 +304,7 @@ int ms__region_freeze(ms__region *r, size_t from) {
    * own read-write mapping of the header stays (the holder slots), and the
    * data part of it is read-only now. */
   if (fcntl((int)r->handle, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0) {
-    rc = err_of(errno);
+    rc = ms__posix_err(errno);
     (void)ms__region_protect(r, from, 1);
     return rc == MS_EACCES ? MS_EIO : rc;
   }
@@ -322,15 +313,24 @@ int ms__region_freeze(ms__region *r, size_t from) {
 }
 
 int ms__region_unlink(const ms__ns *ns, const char *name) {
-  return ns_unlink(ns, name) == 0 ? 0 : err_of(errno);
+  return ns_unlink(ns, name) == 0 ? 0 : ms__posix_err(errno);
 }
 
 /*
- * Tokens.  The creator makes the object (O_EXCL), takes an exclusive flock,
- * gives it one byte, then checks that the name still leads to its own
- * object.  Whoever can take the lock of a token (empty or not) knows that
- * no process holds it, and may unlink it; a creator whose fresh token was
- * unlinked that way sees it in the final check and starts over.
+ * Tokens have two witnesses, both dropped by the kernel when the holder
+ * dies: a flock()ed file in the namespace and a bound abstract unix socket
+ * "\0<name>" (no file anywhere; per network namespace).  A token is alive
+ * iff either is held, so a holder with the file alone (a named allocator in
+ * another network namespace) and one with the socket alone (a memfd
+ * allocator, MS__TOKEN_NOFILE) are both seen alive by every observer.
+ *
+ * The file: the creator makes it (O_EXCL), takes an exclusive flock, gives
+ * it one byte, then checks that the name still leads to its own object.
+ * Whoever can take the lock of a token file (empty or not) while its socket
+ * is unbound knows that no process holds it, and may unlink it; a creator
+ * whose fresh file was unlinked that way sees it in the final check and
+ * starts over.  The socket is bound first, so a creator mid-setup is
+ * already alive.
  */
 static int same_object(const ms__ns *ns, const char *name, int fd) {
   struct stat a, b;
@@ -342,22 +342,69 @@ static int same_object(const ms__ns *ns, const char *name, int fd) {
   return same;
 }
 
+static socklen_t token_addr(const char *name, struct sockaddr_un *a) {
+  memset(a, 0, sizeof(*a));
+  a->sun_family = AF_UNIX;
+  size_t n = strlen(name);
+  if (n > sizeof(a->sun_path) - 1)
+    n = sizeof(a->sun_path) - 1;
+  memcpy(a->sun_path + 1, name, n); /* sun_path[0] = 0: abstract */
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+/* A socket bound to the token's abstract address, or -1 (errno set;
+ * EADDRINUSE: another holder has it). */
+static int token_bind(const char *name) {
+  struct sockaddr_un a;
+  socklen_t len = token_addr(name, &a);
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s >= 0 && bind(s, (struct sockaddr *)&a, len) != 0) {
+    int e = errno;
+    close(s);
+    errno = e;
+    s = -1;
+  }
+  return s;
+}
+
+/* 1 if some process has the token's socket bound (or we cannot tell). */
+static int token_bound(const char *name) {
+  struct sockaddr_un a;
+  socklen_t len = token_addr(name, &a);
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0)
+    return 1; /* out of descriptors: not ours to judge */
+  int rc = connect(s, (struct sockaddr *)&a, len);
+  int e = errno;
+  close(s);
+  return rc == 0 || e != ECONNREFUSED;
+}
+
 int ms__token_acquire(const ms__ns *ns, const char *name, unsigned flags,
                       ms__token *out) {
-  (void)flags;
   (void)pthread_mutex_lock(&tokens_lock);
-  int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
-  int rc = fd < 0 ? err_of(errno) : 0;
-  errno = 0;
-  if (fd >= 0 && (flock(fd, LOCK_EX | LOCK_NB) != 0 || ftruncate(fd, 1) != 0 ||
-                  !same_object(ns, name, fd))) {
-    rc = errno != 0 ? err_of(errno) : MS_EIO;
-    rc = rc == MS_ENOENT ? MS_EIO : rc; /* swept mid-setup: try again */
-    close(fd);
+  int rc = 0, fd = -1;
+  int s = token_bind(name);
+  if (s < 0)
+    rc = errno == EADDRINUSE ? MS_EIO : ms__posix_err(errno);
+  if (rc == 0 && !(flags & MS__TOKEN_NOFILE)) {
+    fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    rc = fd < 0 ? ms__posix_err(errno) : 0;
+    errno = 0;
+    if (fd >= 0 && (flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+                    ftruncate(fd, 1) != 0 || !same_object(ns, name, fd))) {
+      rc = errno != 0 ? ms__posix_err(errno) : MS_EIO;
+      rc = rc == MS_ENOENT ? MS_EIO : rc; /* swept mid-setup: try again */
+      close(fd);
+      fd = -1;
+    }
   }
   if (rc == 0) {
     out->handle = fd;
+    out->aux = s;
     tokens_add(out);
+  } else if (s >= 0) {
+    close(s);
   }
   (void)pthread_mutex_unlock(&tokens_lock);
   return rc;
@@ -366,22 +413,32 @@ int ms__token_acquire(const ms__ns *ns, const char *name, unsigned flags,
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t) {
   if (tokens_remove(t) != 0)
     return; /* inherited and already closed: the parent's to remove */
-  (void)ns_unlink(ns, name);
-  close((int)t->handle);
-  t->handle = -1;
+  if (t->handle >= 0) {
+    (void)ns_unlink(ns, name);
+    close((int)t->handle);
+  }
+  if (t->aux >= 0)
+    close((int)t->aux);
+  t->handle = t->aux = -1;
 }
 
 void ms__token_forget(ms__token *t) {
-  if (tokens_remove(t) == 0) /* the lock stays with the parent's copy */
-    close((int)t->handle);
-  t->handle = -1;
+  if (tokens_remove(t) == 0) { /* the lock stays with the parent's copy */
+    if (t->handle >= 0)
+      close((int)t->handle);
+    if (t->aux >= 0)
+      close((int)t->aux);
+  }
+  t->handle = t->aux = -1;
 }
 
 int ms__token_alive(const ms__ns *ns, const char *name) {
   int fd = ns_open_fd(ns, name, O_RDWR, 0);
-  if (fd < 0) /* gone: nobody holds it; unreadable (another user's): */
-    return errno != ENOENT; /* not ours to judge, so alive */
-  int alive = flock(fd, LOCK_EX | LOCK_NB) != 0;
+  if (fd < 0 && errno != ENOENT)
+    return 1; /* unreadable (another user's): not ours to judge */
+  if (fd < 0)
+    return token_bound(name);
+  int alive = flock(fd, LOCK_EX | LOCK_NB) != 0 || token_bound(name);
   if (!alive) /* its holder is gone, or died before locking it */
     (void)ns_unlink(ns, name);
   close(fd); /* also drops our lock */

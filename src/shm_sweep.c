@@ -18,7 +18,8 @@ int ms__holder_alive(ms_shm_t *shm, uint64_t token) {
 int ms__region_kill(ms_shm_t *shm, ms__hdr *h, const char *name) {
   if (!ms__life_kill(h, 0))
     return 0;
-  (void)ms__region_unlink(shm->ns, name);
+  if (!ms__is_locator(name)) /* a memfd goes with its last descriptor */
+    (void)ms__region_unlink(shm->ns, name);
   return 1;
 }
 
@@ -135,6 +136,27 @@ static int sweep_region(const char *name, void *user) {
   return 0;
 }
 
+/* Anonymous (memfd) regions are in no listing, and need no unlinking: the
+ * kernel frees one with its last descriptor and mapping.  What a sweep
+ * still owes them is the holder protocol: the slots of dead holders in the
+ * ones mapped here (ours and opened ones), so that they become FREE and
+ * their mappings can go (pool_refresh, cache_prune). */
+static void sweep_anon(sweep_ctx *c, ms__map *m) {
+  ms__hdr *h = m->hdr;
+  if (m->region.readonly) /* frozen: no slots, nothing to write */
+    return;
+  for (int i = 0; i < MS__SLOTS; i++) {
+    uint64_t t = atomic_load(&h->slots[i]);
+    if (t != 0 && !alive_cached(c, t))
+      ms__slot_clear(h, i, t);
+  }
+  (void)ms__life_free(h);
+  uint64_t creator = 0;
+  if (!m->own && ms__name_parse(m->name, NULL, &creator) == 0 &&
+      !alive_cached(c, creator))
+    (void)ms__life_kill(h, 1); /* nobody will recycle it */
+}
+
 int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
   sweep_ctx *c = ms__calloc(1, sizeof(*c));
   if (c == NULL)
@@ -161,6 +183,11 @@ int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
     rc = names != NULL ? 0 : MS_ENOMEM;
     ms__free(names);
   }
+  for (size_t b = 0; b < MS__NBUCKETS; b++)
+    for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+      if (ms__is_locator(m->name))
+        sweep_anon(c, m);
+  ms__cache_prune(shm);
   if (reclaimed != NULL)
     *reclaimed = c->reclaimed;
   ms__free(c);

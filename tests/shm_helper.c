@@ -27,6 +27,7 @@
  * library call fails.
  */
 #include "modelshare.h"
+#include "shm_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@ static void plain_crashes(void) {}
 
 static ms_shm_t *shm_open_dir(const char *dir) {
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = test_backend();
   o.dir = strcmp(dir, "-") == 0 ? NULL : dir;
   /* The storm varies the configuration per process. */
   if (getenv("MS_HELPER_PREFIX") != NULL)

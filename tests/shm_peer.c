@@ -35,6 +35,7 @@
  * 5 destroying the inherited allocator failed.
  */
 #include "modelshare.h"
+#include "shm_backend.h"
 #include "shm_pattern.h"
 
 #include <errno.h>
@@ -60,6 +61,7 @@ static int make_shm(ms_shm_t **out) { return ms_shm_create(&opts, out); }
 
 static int parse_opts(char **a) {
   opts = (ms_shm_options_t)MS_SHM_OPTIONS_INIT;
+  opts.backend = test_backend();
   (void)snprintf(prefix_buf, sizeof(prefix_buf), "%s", a[0]);
   opts.dir = strcmp(dir_buf, "-") == 0 ? NULL : dir_buf;
   opts.prefix = prefix_buf;

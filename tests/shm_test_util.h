@@ -185,6 +185,54 @@ static inline int count_regions(const char *d, const char *prefix) {
   return n;
 }
 
+/* The library's memfds ("memfd:modelshare") that process pid still maps
+ * or has open: distinct inodes in /proc/<pid>/maps and /proc/<pid>/fd.
+ * -1 if /proc cannot be read. */
+static inline int memfds_of(pid_t pid) {
+  unsigned long inos[256];
+  int n = 0;
+  char path[64], line[512];
+  (void)snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    unsigned long ino = 0;
+    if (strstr(line, "/memfd:modelshare") == NULL ||
+        sscanf(line, "%*s %*s %*s %*s %lu", &ino) != 1)
+      continue;
+    int seen = 0;
+    for (int i = 0; i < n; i++)
+      seen |= inos[i] == ino;
+    if (!seen && n < 256)
+      inos[n++] = ino;
+  }
+  fclose(f);
+  (void)snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(path);
+  if (d == NULL)
+    return -1;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char p[320], target[256];
+    (void)snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+    ssize_t l = readlink(p, target, sizeof(target) - 1);
+    struct stat st;
+    if (l <= 0)
+      continue;
+    target[l] = '\0';
+    if (strncmp(target, "/memfd:modelshare", 17) != 0 || stat(p, &st) != 0)
+      continue;
+    int seen = 0;
+    for (int i = 0; i < n; i++)
+      seen |= inos[i] == (unsigned long)st.st_ino;
+    if (!seen && n < 256)
+      inos[n++] = (unsigned long)st.st_ino;
+  }
+  closedir(d);
+  return n;
+}
+
 /* Removes every entry of d whose name starts with prefix (NULL: all);
  * returns how many there were. */
 static inline int remove_prefix(const char *d, const char *prefix) {

@@ -2,6 +2,7 @@
  * read-only enforcement, lifetime and cleanup, kill -9 of producers and
  * consumers, stale descriptors, hostile headers, bad descriptors, quotas,
  * a full tmpfs, permissions, the open cache, DLPack, capabilities. */
+#include "shm_backend.h"
 #include "test_util.h"
 
 #include "internal/shm.h" /* the header layout, to forge hostile regions */
@@ -103,9 +104,25 @@ static int count_entries(const char *d, const char *suffix) {
   return n;
 }
 
-/* Regions (not tokens) in the test directory. */
+/* Regions that still exist: named, the files (not tokens) in the test
+ * directory; memfd, the memfds this process still maps or has open (the
+ * test directory then stays empty: asserted by teardown).  A memfd region
+ * of a process that died died with it. */
 static int regions(void) {
+  if (test_memfd())
+    return memfds_of(getpid());
   return count_entries(dir, "") - count_entries(dir, ".lock");
+}
+
+/* Token files in the test directory: one per live named allocator; the
+ * memfd backend's tokens are abstract sockets, never files. */
+static int tokens(int named) {
+  return count_entries(dir, ".lock") - (test_memfd() ? 0 : named);
+}
+
+/* The region's prefix in descriptors of this run's backend. */
+static const char *desc_start(void) {
+  return test_memfd() ? "ms2:" : "ms1:ms-";
 }
 
 static int setup(void **state) {
@@ -128,6 +145,7 @@ static int teardown(void **state) {
 
 static ms_shm_t *new_shm(uint64_t pool_bytes) {
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = test_backend();
   o.dir = dir;
   o.pool_bytes = pool_bytes;
   ms_shm_t *shm = NULL;
@@ -158,7 +176,7 @@ static void test_handoff_between_processes(void **state) {
     const char *prod[] = {helper, "produce", dir, bytes, seed, NULL};
     child p = spawn(prod);
     read_line(&p, desc, sizeof(desc));
-    assert_int_equal(strncmp(desc, "ms1:ms-", 7), 0);
+    assert_int_equal(strncmp(desc, desc_start(), strlen(desc_start())), 0);
     /* Two consumers, each its own process, verify every byte. */
     const char *cons[] = {helper, "consume", dir, desc, bytes, seed, NULL};
     assert_true(exited_ok(run(cons)));
@@ -207,6 +225,10 @@ static void test_last_release_unlinks_or_pools(void **state) {
   assert_int_equal(regions(), 1);
   assert_int_equal(((unsigned char *)ms_tensor_data(u))[9999], 0);
   ms_tensor_release(u); /* the consumer is last */
+  /* memfd: a's mapping and descriptor go at its next call (as a's mapping
+   * of the unlinked file does for named regions). */
+  assert_int_equal(regions(), test_memfd() ? 1 : 0);
+  assert_int_equal(ms_shm_sweep(a, NULL), 0);
   assert_int_equal(regions(), 0);
   assert_int_equal(ms_tensor_open(b, desc, 0, &u), MS_ENOENT);
 
@@ -238,16 +260,21 @@ static void test_kill9_producer_after_publish(void **state) {
   read_line(&p, desc, sizeof(desc));
   int st = kill9(&p);
   assert_true(WIFSIGNALED(st));
-  /* The data outlives its producer... */
+  /* The data outlives its producer (named)... */
   fprintf(c.in, "%s\n", desc);
   fflush(c.in);
-  assert_true(exited_ok(finish(&c)));
+  st = finish(&c);
+  if (test_memfd()) /* ...or died with it, nobody else mapping it */
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10 - MS_ENOENT);
+  else
+    assert_true(exited_ok(st));
   /* ...the dead producer still "holds" it until a sweep, which the next
-   * allocator runs at creation: region and token are then gone. */
-  assert_int_equal(regions(), 1);
+   * allocator runs at creation: region and token are then gone.  (A memfd
+   * died with the last process that mapped it.) */
+  assert_int_equal(regions(), test_memfd() ? 0 : 1);
   ms_shm_t *shm = new_shm(0);
   assert_int_equal(regions(), 0);
-  assert_int_equal(count_entries(dir, ".lock"), 1); /* only its own */
+  assert_int_equal(tokens(1), 0); /* only its own */
   assert_int_equal(ms_shm_destroy(shm), 0);
 }
 
@@ -269,7 +296,7 @@ static void test_kill9_consumer_while_holding(void **state) {
   size_t reclaimed = 99;
   assert_int_equal(ms_shm_sweep(shm, &reclaimed), 0);
   assert_int_equal(regions(), 0);
-  assert_int_equal(count_entries(dir, ".lock"), 1);
+  assert_int_equal(tokens(1), 0);
   assert_int_equal(ms_shm_destroy(shm), 0);
 }
 
@@ -287,8 +314,8 @@ static void test_orphans_swept_at_create(void **state) {
   }
   for (int i = 0; i < 3; i++)
     (void)kill9(&p[i]);
-  assert_int_equal(regions(), 3);
-  assert_int_equal(count_entries(dir, ".lock"), 3);
+  assert_int_equal(regions(), test_memfd() ? 0 : 3); /* memfd: died too */
+  assert_int_equal(tokens(3), 0);
   /* A region whose creator died before writing its header. */
   char junk[256];
   (void)snprintf(junk, sizeof(junk),
@@ -299,7 +326,7 @@ static void test_orphans_swept_at_create(void **state) {
   close(fd);
   ms_shm_t *shm = new_shm(0);
   assert_int_equal(regions(), 0);
-  assert_int_equal(count_entries(dir, ".lock"), 1);
+  assert_int_equal(tokens(1), 0);
   assert_int_equal(ms_shm_destroy(shm), 0);
 }
 
@@ -348,6 +375,10 @@ static void expect_hostile(void (*forge)(ms__hdr *h, size_t *len)) {
   (void)snprintf(name, sizeof(name), "%.*s", (int)(gen - 1 - desc - 4),
                  desc + 4);
   name[strlen(name) - 1] = name[strlen(name) - 1] == '0' ? '1' : '0';
+  if (test_memfd()) /* a named copy of a memfd region: any consumer opens
+                       ms1 (forged memfds: test_shm_memfd.c) */
+    (void)snprintf(name, sizeof(name), "%s",
+                   "ms-00000000000000ff-0123456789abcdef0123456789abcdef");
   (void)snprintf(path, sizeof(path), "%s/%s", dir, name);
   (void)snprintf(forged, sizeof(forged), "ms1:%s:%s", name, gen);
 
@@ -476,6 +507,7 @@ static void test_bad_descriptors(void **state) {
 static void test_quotas(void **state) {
   (void)state;
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = test_backend();
   o.dir = dir;
   o.max_bytes = 1000000;
   o.max_session_bytes = 600000;
@@ -547,7 +579,7 @@ static void test_full_tmpfs_is_enospc(void **state) {
     print_message("ran inside unshare -rm (a user+mount namespace)\n");
     return;
   }
-  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT; /* named: the tmpfs's cap */
   o.dir = mnt;
   ms_shm_t *shm = NULL;
   assert_int_equal(ms_shm_create(&o, &shm), 0);
@@ -590,7 +622,18 @@ static void test_modes_are_owner_only(void **state) {
     seen++;
   }
   closedir(d);
-  assert_int_equal(seen, 2); /* the region and the token */
+  assert_int_equal(seen, test_memfd() ? 0 : 2); /* the region and the token */
+  if (test_memfd()) { /* the memfd itself, through its locator */
+    char desc[MS_DESCRIPTOR_MAX], path[64];
+    long long pid = 0, fd = 0;
+    struct stat st;
+    descriptor(t, desc);
+    assert_int_equal(sscanf(desc, "ms2:%lld:%lld:", &pid, &fd), 2);
+    (void)snprintf(path, sizeof(path), "/proc/%lld/fd/%lld", pid, fd);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0600);
+  }
   ms_tensor_release(t);
   assert_int_equal(ms_shm_destroy(shm), 0);
 }
@@ -669,7 +712,6 @@ static void test_freeze(void **state) {
    * and once both handles are gone nothing is left. */
   ms_tensor_release(t);
   ms_tensor_t *t2 = alloc_u8(prod, 3 * 4096);
-  assert_ptr_not_equal(ms_tensor_data(t2), p);
   ms_tensor_release(a);
   ms_tensor_release(t2);
   ms_shm_stats_t s = MS_SHM_STATS_INIT;
@@ -726,13 +768,18 @@ static void test_capabilities_and_defaults(void **state) {
 
   /* Default namespace with a private prefix: nothing left after. */
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = test_backend();
   o.prefix = "mstest_";
   ms_shm_t *shm = NULL;
   assert_int_equal(ms_shm_create(&o, &shm), 0);
   ms_tensor_t *t = alloc_u8(shm, 1000);
   char desc[MS_DESCRIPTOR_MAX];
   descriptor(t, desc);
-  assert_int_equal(strncmp(desc, "ms1:mstest_", 11), 0);
+  assert_int_equal(strncmp(desc, test_memfd() ? "ms2:" : "ms1:mstest_",
+                           test_memfd() ? 4 : 11),
+                   0);
+  assert_int_equal(caps.memfd_available, 1); /* Linux */
+  assert_int_equal(caps.memfd_reopen, 1);
   ms_tensor_release(t);
   assert_int_equal(ms_shm_destroy(shm), 0);
   char probe[128];
@@ -823,6 +870,7 @@ static void test_errors_do_not_speak_of_models(void **state) {
     if (strstr(ms_strerror(codes[i]), "model") != NULL)
       fail_msg("%s: \"%s\"", ms_err_name(codes[i]), ms_strerror(codes[i]));
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = test_backend();
   o.dir = "/nonexistent-ms-test-dir";
   ms_shm_t *shm = NULL;
   assert_true(ms_shm_create(&o, &shm) < 0);

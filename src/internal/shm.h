@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include <stdatomic.h>
+#include <string.h>
 
 /* Cross-process atomics must be real instructions on the shared words: an
  * implementation that fell back to libatomic's process-local lock table
@@ -163,6 +164,10 @@ _Static_assert(4 + MS__LOCATOR_MAX + 1 + 16 < MS_DESCRIPTOR_MAX,
 #define MS__TOKEN_PREFIX "mstok-"
 #define MS__TOKEN_NAME_MAX (MS__PREFIX_MAX + 16 + 5)
 
+/* 1 if name (a parsed region name or locator) is a locator. */
+static inline int ms__is_locator(const char *name) {
+  return strchr(name, ':') != NULL;
+}
 /* 1 if p is a valid allocator prefix: 1..MS__PREFIX_MAX of [A-Za-z0-9_-]. */
 int ms__prefix_valid(const char *p);
 /* 0 if name is a region name or a locator; its prefix length (0 for a

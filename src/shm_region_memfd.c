@@ -1,0 +1,161 @@
+/* Platform layer, Linux: anonymous regions, sealed memfds (the memfd
+ * backend; region.h has the contract).  The creator keeps the memfd open
+ * for the region's life; another process reaches it as /proc/<pid>/fd/<fd>
+ * and closes it again once mapped.  Seals: F_SEAL_SHRINK|F_SEAL_GROW at
+ * creation, so no process can truncate the region under a consumer (no
+ * SIGBUS); F_SEAL_FUTURE_WRITE|F_SEAL_SEAL when frozen
+ * (ms__region_freeze, shm_region_linux.c).  F_SEAL_SEAL is not added at
+ * creation because a freeze needs to add a seal later: a same-user process
+ * can at worst add a write seal itself, which makes consumers map the
+ * region read-only (a denial of service it could cause anyway by writing
+ * to the region, which it can reach the same way). */
+#define _GNU_SOURCE /* memfd_create, MAP_POPULATE */
+#include "internal/posix.h"
+#include "internal/region.h"
+
+#include <uv.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef F_SEAL_FUTURE_WRITE /* Linux 5.1; older headers */
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+#ifndef MAP_POPULATE
+#define MAP_POPULATE 0
+#endif
+
+#define SEALS_SIZE (F_SEAL_SHRINK | F_SEAL_GROW)
+#define SEALS_WRITE (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)
+
+int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
+                           int64_t *fdout) {
+  if (size == 0 || (off_t)size < 0)
+    return MS_EINVAL;
+  int fd = memfd_create("modelshare", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0)
+    return ms__posix_err(errno);
+  /* memfds are created 0777: consumers check "not writable by group or
+   * others", as for named regions. */
+  int e = fchmod(fd, 0600) == 0 ? 0 : errno;
+  if (e == 0) { /* backed now: out of memory is an error here, not SIGBUS */
+    do
+      e = posix_fallocate(fd, 0, (off_t)size);
+    while (e == EINTR);
+  }
+  if (e == 0 && fcntl(fd, F_ADD_SEALS, SEALS_SIZE) != 0)
+    e = errno;
+  void *base = MAP_FAILED;
+  if (e == 0) {
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                fd, 0);
+    if (base == MAP_FAILED)
+      e = errno;
+  }
+  if (e != 0) {
+    close(fd);
+    return ms__posix_err(e);
+  }
+  out->base = base;
+  out->size = size;
+  out->handle = fd; /* kept: it is how other processes reach the region */
+  out->readonly = 0;
+  *pid = (int64_t)getpid();
+  *fdout = fd;
+  return 0;
+}
+
+int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
+                         int64_t allowed_uid, ms__region *out,
+                         const char **why) {
+  *why = NULL;
+  char path[64];
+  (void)snprintf(path, sizeof(path), "/proc/%lld/fd/%lld", (long long)pid,
+                 (long long)fdnum);
+  /* What the number leads to now, before opening it: a reused number may
+   * be a pipe, a socket or a device, which open() must not touch. */
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return errno == ENOENT || errno == ESRCH ? MS_ENOENT : ms__posix_err(errno);
+  if (!S_ISREG(st.st_mode)) {
+    *why = "the process's descriptor is not a region any more";
+    return MS_ENOENT;
+  }
+  int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT ? MS_ENOENT : ms__posix_err(errno);
+  int rc = ms__posix_check_object(fd, min_size, allowed_uid, &st, why);
+  int seals = rc == 0 ? fcntl(fd, F_GET_SEALS) : 0;
+  if (rc == 0 && seals < 0) { /* not a memfd (nor any shmem file) */
+    rc = MS_ENOENT;
+    *why = "the process's descriptor is not a memfd any more";
+  } else if (rc == 0 && (seals & SEALS_SIZE) != SEALS_SIZE) {
+    rc = MS_EBADREGION;
+    *why = "not sealed against shrinking and growing";
+  }
+  void *base = MAP_FAILED;
+  int ro = (seals & SEALS_WRITE) != 0;
+  if (rc == 0) {
+    base = mmap(NULL, (size_t)st.st_size,
+                ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+      rc = ms__posix_err(errno);
+  }
+  close(fd); /* the mapping keeps the object alive */
+  if (rc != 0)
+    return rc;
+  out->base = base;
+  out->size = (size_t)st.st_size;
+  out->handle = -1;
+  out->readonly = ro;
+  return 0;
+}
+
+/* Whether another process can reopen our memfds: a forked child opens
+ * /proc/<our pid>/fd/<n> and reads the first bytes.  Hardened systems
+ * (no /proc, hidepid, an LSM policy) refuse it.  The child runs
+ * async-signal-safe calls only (fork() from a threaded process). */
+static int probe_made, probe_reopen;
+static uv_once_t probe_once = UV_ONCE_INIT;
+
+static void probe(void) {
+  ms__region r;
+  int64_t pid = 0, fd = -1;
+  if (ms__region_create_anon((size_t)ms__page_size(), &r, &pid, &fd) != 0)
+    return;
+  probe_made = 1;
+  static const char magic[8] = "msprobe";
+  memcpy(r.base, magic, sizeof(magic));
+  char path[64];
+  (void)snprintf(path, sizeof(path), "/proc/%lld/fd/%lld", (long long)pid,
+                 (long long)fd);
+  pid_t child = fork();
+  if (child == 0) {
+    char buf[8];
+    int cfd = open(path, O_RDONLY | O_CLOEXEC);
+    int ok = cfd >= 0 &&
+             pread(cfd, buf, sizeof(buf), 0) == (ssize_t)sizeof(buf) &&
+             memcmp(buf, magic, sizeof(buf)) == 0;
+    _exit(ok ? 0 : 1);
+  }
+  int st = 0;
+  if (child > 0) {
+    pid_t w;
+    do
+      w = waitpid(child, &st, 0);
+    while (w < 0 && errno == EINTR);
+    probe_reopen = w == child && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  }
+  ms__region_unmap(&r);
+}
+
+int ms__anon_probe(int *made) {
+  uv_once(&probe_once, probe);
+  *made = probe_made;
+  return probe_reopen;
+}
