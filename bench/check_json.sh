@@ -61,3 +61,21 @@ for e in d["python"]:
         assert isinstance(e.get(k), (int, float)), f"python[].{k} missing"
 print("bench JSON python: ok")
 PY
+
+# The memfd scenario (bench/bench_memfd.c): rows per backend and size, and
+# the shm rows annotated with their backend and the memfd figures.
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+keys = ["first_open_us_median", "cached_open_us_median", "cycle_pooled_gibs"]
+rows = d["memfd"]
+assert {e["backend"] for e in rows} == {"named", "memfd"}, "memfd[].backend"
+for e in rows:
+    for k in keys + ["size_bytes"]:
+        assert isinstance(e.get(k), (int, float)), f"memfd[].{k} missing"
+for e in d["shm"]:
+    assert e.get("backend") == "named", "shm[].backend missing"
+    for k in keys:
+        assert isinstance(e["memfd"].get(k), (int, float)), f"shm[].memfd.{k}"
+print("bench JSON memfd: ok")
+PY
