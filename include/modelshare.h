@@ -618,7 +618,8 @@ MS_EXPORT void ms_tensor_release(ms_tensor_t *t);
 
 /**
  * Writes t's descriptor into buf (at least MS_DESCRIPTOR_MAX bytes): a short
- * printable string (region name and generation, [A-Za-z0-9_:-] only) that
+ * printable string (region name or memfd locator and generation,
+ * [A-Za-z0-9_:-] only: "ms1:..." or "ms2:...", see "Backends") that
  * another process passes to ms_tensor_open().  The descriptor stays valid
  * while some process holds the tensor; after that it may be unlinked or
  * recycled, and opening it gives MS_ENOENT or MS_ESTALE.
@@ -700,8 +701,9 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  * pages then raises SIGBUS, in the consumer's own reads and in library
  * calls that touch the region's header (release, sweep, reopen).  Nothing
  * the library can check prevents that on named regions; run producers you
- * trust in a namespace only they can write, or use sealed regions where the
- * platform has them.  Win32 sections cannot shrink under their views.
+ * trust in a namespace only they can write, or use the memfd backend,
+ * whose regions are sealed against truncation.  Win32 sections cannot
+ * shrink under their views.
  *
  * Read-only: a tensor opened without MS_OPEN_WRITE is read-only through its
  * own mapping, whatever other handles of the same process do; writing
@@ -710,12 +712,15 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  * descriptor read-only gives a read-only handle.
  *
  * Crash safety: each allocator holds a liveness token that the kernel drops
- * when its process dies (a flock()ed file named after the token alone, so
- * every observer reaches the same verdict).  ms_shm_sweep(), also run by
- * ms_shm_create(), clears the holder slots of dead processes and unlinks
- * regions that no live process holds.  Tokens are random, so pid reuse
- * cannot make a dead process look alive.  A sweep only ever unlinks names
- * of the exact form the library makes, and never a region it cannot open.
+ * when its process dies (on Linux a flock()ed file named after the token
+ * alone and an abstract unix socket of the same name, either of which
+ * proves it alive; memfd allocators hold the socket only), so every
+ * observer reaches the same verdict whatever its own backend.
+ * ms_shm_sweep(), also run by ms_shm_create(), clears the holder slots of
+ * dead processes and unlinks regions that no live process holds.  Tokens are
+ * random, so pid reuse cannot make a dead process look alive.  A sweep only
+ * ever unlinks names of the exact form the library makes, and never a region it
+ * cannot open.
  *
  * fork(): objects inherited by a child made with fork() belong to the
  * parent.  In the child, ms_tensor_alloc(), ms_tensor_open(),
@@ -729,6 +734,47 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  * its parent's liveness token: when the parent dies, its regions are
  * reclaimed even while the child lives (fork() must then come from a
  * thread outside ms_shm_create(), which holds a lock fork() waits for).
+ *
+ * Backends (ms_shm_options_t.backend; since 1.2).  Where an allocator
+ * creates its regions; any allocator opens descriptors of either kind.
+ *   - MS_SHM_BACKEND_NAMED (the default): named objects in the namespace
+ *     above; descriptors "ms1:<name>:<generation>".
+ *   - MS_SHM_BACKEND_MEMFD (Linux): sealed memfds.  A region is created with
+ *     memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING), mode 0600, backed at
+ *     creation (out of memory: MS_ENOSPC/MS_ENOMEM at allocation) and sealed
+ *     with F_SEAL_SHRINK|F_SEAL_GROW: no process can truncate it, so a
+ *     consumer never gets SIGBUS.  It lives in no directory, so a crash
+ *     leaves nothing behind (the kernel frees it with its last descriptor
+ *     and mapping), and it is not capped by the size of /dev/shm (Docker's
+ *     64 MiB default).  The creator keeps the memfd open; a consumer reaches
+ *     it as /proc/<pid>/fd/<fd>, checks the object and its seals (no size
+ *     seals: MS_EBADREGION), maps it, closes the descriptor again, and
+ *     checks the region's random 128-bit identity, so that a reused pid or
+ *     descriptor number gives MS_ENOENT.  Descriptors are
+ *     "ms2:<pid>:<fd>:<creator>-<identity>:<generation>" (at most 89 bytes).
+ *     The liveness token is an abstract unix socket, no file.  Limits: a
+ *     consumer must be able to open the creator's /proc/<pid>/fd (same pid
+ *     namespace, /proc mounted, not forbidden by hidepid or a security
+ *     module), and liveness is seen within one network namespace.  A
+ *     descriptor stops opening once its creator's allocator is destroyed or
+ *     its process dies, even while consumers still map the region (their
+ *     mappings stay valid).  Pooling, quotas, holder slots, generations, the
+ *     open cache and the stats behave as for named regions.  The descriptor
+ *     could also travel with the memfd itself over a unix socket
+ *     (SCM_RIGHTS), e.g. on a channel or worker connection; no call does
+ *     that yet.
+ *   - MS_SHM_BACKEND_AUTO: memfd when dir is NULL and ms_capabilities()
+ *     saw a second process reopen a memfd here (memfd_reopen), else named.
+ * Why named stays the default: a consumer running release 1.0 or 1.1 of the
+ * library cannot open ms2 descriptors, memfd descriptors do not cross pid
+ * namespaces (containers sharing only a /dev/shm volume), and they stop
+ * opening when the producer's allocator goes.  Where all processes run
+ * 1.2 on one host, AUTO gives the sealed regions at the same speed (see
+ * the bench's memfd table).
+ * Windows needs no second backend: a section cannot be shrunk under its
+ * views (no SIGBUS), it dies with its last handle (nothing is left after a
+ * crash) and it is backed by the commit charge, not a tmpfs (no /dev/shm
+ * cap).  MS_SHM_BACKEND_MEMFD fails there with MS_ENOTSUP at allocation.
  *
  * Thread safety: every function may be called from any thread.
  *
@@ -803,9 +849,10 @@ typedef struct ms_shm_options {
  * Creates an allocator, takes its liveness token and sweeps the namespace.
  * options may be NULL for the defaults.
  * Errors: MS_EINVAL (bad option: prefix charset or length, dir not a
- *   directory, options struct_size below the 1.0 size), MS_ENOENT (dir does
- *   not exist), MS_ENOTSUP (no shared memory here), MS_EACCES, MS_EIO (also
- *   out of file descriptors), MS_ENOMEM.  ms_shm_errmsg(NULL) says which.
+ *   directory, unknown backend, options struct_size below the 1.0 size),
+ * MS_ENOENT (dir does not exist), MS_ENOTSUP (no shared memory here),
+ * MS_EACCES, MS_EIO (also out of file descriptors), MS_ENOMEM.
+ * ms_shm_errmsg(NULL) says which.
  */
 MS_EXPORT int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out);
 /**
@@ -826,7 +873,8 @@ MS_EXPORT int ms_shm_destroy(ms_shm_t *shm);
  * session: label for per-session quotas, or NULL.
  * Errors: MS_EINVAL (bad dtype, ndim, shape, or a session label longer
  *   than 63 bytes), MS_ERANGE (size overflows), MS_EQUOTA, MS_ENOSPC (the
- *   tmpfs is full), MS_ENOMEM, MS_EIO.
+ *   tmpfs is full; memfd: no memory to back it), MS_ENOMEM, MS_ENOTSUP (the
+ *   memfd backend where there is none), MS_EIO.
  */
 MS_EXPORT int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
                               const int64_t *shape, const char *session,
@@ -843,11 +891,14 @@ MS_EXPORT int ms_tensor_alloc(ms_shm_t *shm, ms_dtype_t dtype, int ndim,
  * takes no system call; mappings of regions that died are dropped first.
  * Errors: MS_EINVAL (malformed descriptor: wrong charset or length, path
  *   separators, bad generation; or shm inherited across fork()), MS_ENOENT
- *   (no such region, or nobody holds its tensor any more), MS_ESTALE (it
- *   was reused for a newer tensor), MS_EBADREGION (hostile or corrupt
- *   header, or a sparse object), MS_EACCES (another user's object, or one
- *   writable by group or others), MS_EBUSY (64 processes hold it already),
- *   MS_ENOMEM, MS_EIO.  ms_shm_errmsg() names the failed check.
+ *   (no such region, or nobody holds its tensor any more; for ms2, also a
+ *   reused pid or descriptor number), MS_ESTALE (it was reused for a newer
+ *   tensor), MS_EBADREGION (hostile or corrupt header, a sparse object, or
+ *   a memfd not sealed against shrinking and growing), MS_EACCES (another
+ *   user's object, one writable by group or others, MS_OPEN_WRITE on a
+ *   frozen tensor, or /proc/<pid>/fd not accessible), MS_EBUSY (64
+ *   processes hold it already), MS_ENOMEM, MS_EIO.  ms_shm_errmsg() names
+ *   the failed check.
  */
 MS_EXPORT int ms_tensor_open(ms_shm_t *shm, const char *descriptor,
                              unsigned flags, ms_tensor_t **out);

@@ -1,6 +1,34 @@
 /* Shared-memory tensors: the region header layout, the cross-process
  * holder protocol with its invariants, names, and the allocator's private
- * structures shared by shm_pool.c, shm_open_cache.c and shm_sweep.c. */
+ * structures shared by shm_pool.c, shm_open_cache.c and shm_sweep.c.
+ *
+ * Two backends (issue 13), one protocol.  The decisions:
+ *   - A memfd region has no name.  Its locator <pid>:<fd>:<creator>-<ident>
+ *     plays the name's part everywhere in the portable code (the table, the
+ *     open cache, stats, the creator token of after_last_clear); only
+ *     region_make() and map_get() pick the platform call by its form, and
+ *     ms__region_kill() unlinks nothing for a locator (ms__is_locator).
+ *   - The creator keeps the memfd open for the region's life, in its own
+ *     mapping's region.handle: that is what /proc/<pid>/fd/<fd> reaches.
+ *     The descriptor dies with the creator's map (DEAD region dropped by
+ *     pool_refresh, ms_shm_destroy, the creator's death).
+ *   - Identity: 16 random bytes in hdr->ident (both backends write them;
+ *     only locators are checked: 1.1 named regions have zeros there).  A
+ *     mismatch after mapping is MS_ENOENT: the number was reused.
+ *   - Liveness: a token is alive iff its flock()ed file in the observer's
+ *     namespace is locked or its abstract socket "\0<token name>" is bound
+ *     (region.h).  Named allocators hold both, memfd ones the socket only,
+ *     so both kinds judge both kinds alike (and a 1.1 holder by its file).
+ *   - Sweeps list no memfds: they clear dead holders in the memfd regions
+ *     mapped here (own and opened); the kernel frees the rest.
+ *   - Frozen (I9): F_SEAL_FUTURE_WRITE on memfds; consumers map such a
+ *     region read-only and hold it without a slot.  F_SEAL_SEAL is added
+ *     only when freezing, since a freeze must be able to add a seal.
+ *   - Backend choice: named by default (1.0/1.1 consumers cannot parse ms2;
+ *     no crossing of pid namespaces); AUTO = memfd when dir is NULL and a
+ *     forked child reopened a memfd of ours (ms__anon_probe, once).
+ *   - Win32 needs no memfd backend (see modelshare.h); fd passing over
+ *     SCM_RIGHTS would fit region_open_anon's checks unchanged. */
 #ifndef MS_INTERNAL_SHM_H
 #define MS_INTERNAL_SHM_H
 
