@@ -953,11 +953,14 @@ typedef struct ms_channel_options {
 
 /**
  * Creates the channel `name` as its producer.  options may be NULL for the
- * defaults.  A ring of that name whose producer died is replaced.
+ * defaults.  The ring is built under a private name and appears under its
+ * own complete, so subscribers never see a half-made one, and a producer
+ * killed at any point leaves nothing that blocks the name: a ring of that
+ * name whose producer died is replaced.
  * On success *out owns the channel; close it with ms_channel_close().
  * Errors: MS_EINVAL (NULL argument, bad name or option, shm inherited
- *   across fork()), MS_EBUSY (a live producer has that name), MS_ENOSPC,
- *   MS_EACCES, MS_ENOMEM, MS_EIO.
+ *   across fork()), MS_EBUSY (a live producer has that name, or an object
+ *   that is not a ring does), MS_ENOSPC, MS_EACCES, MS_ENOMEM, MS_EIO.
  */
 MS_EXPORT int ms_channel_create(ms_shm_t *shm, const char *name,
                                 const ms_channel_options_t *options,
@@ -1071,8 +1074,9 @@ MS_EXPORT int ms_channel_recv_stop(ms_channel_t *ch);
  */
 MS_EXPORT int ms_channel_sweep(ms_channel_t *ch, size_t *dropped);
 /**
- * Unlinks the rings in shm's namespace whose producer died.  *reclaimed
- * (may be NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
+ * Unlinks the rings in shm's namespace whose producer died, and what a
+ * producer killed inside ms_channel_create() left.  *reclaimed (may be
+ * NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
  * Errors: MS_EINVAL (NULL shm or inherited), MS_EIO, MS_ENOMEM.
  */
 MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);

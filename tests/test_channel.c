@@ -530,6 +530,103 @@ static void test_kill_producer(void **state) {
   }
 }
 
+/* The names a reclaim may unlink are parsed strictly (C0). */
+static void test_stage_names(void **state) {
+  (void)state;
+  uint64_t tok = 0;
+  assert_int_equal(
+      ms__ch_stage_parse("msch-a_b-9.0123456789abcdef-0badf00d.new", &tok), 0);
+  assert_true(tok == 0x0123456789abcdefull);
+  static const char *bad[] = {
+      "msch-.0123456789abcdef-0badf00d.new",   /* empty name */
+      "msch-a.0123456789ABCDEF-0badf00d.new",  /* upper-case hex */
+      "msch-a.0123456789abcde-0badf00d.new",   /* 15 digits */
+      "msch-a.0123456789abcdef-0badf00.new",   /* 7 digits */
+      "msch-a.0123456789abcdef_0badf00d.new",  /* separator */
+      "msch-a.0123456789abcdef-0badf00d.ring", /* suffix */
+      "msch-a.0123456789abcdef-0badf00d.newx",
+      "msch-a.b.0123456789abcdef-0badf00d.new", /* '.' in the name */
+      "msch-a/b.0123456789abcdef-0badf00d.new",
+      "mschx-a.0123456789abcdef-0badf00d.new",
+      "msch-a.ring",
+      "msch-0123456789abcdef0123456789abcdefX.0123456789abcdef-0badf00d.new",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    if (ms__ch_stage_parse(bad[i], &tok) == 0)
+      fail_msg("accepted %s", bad[i]);
+  assert_int_equal(ms__ch_obj_parse("msch-a.0123456789abcdef-0badf00d.new"),
+                   MS_EINVAL);
+}
+
+/* Objects of channel `name` in dir that are not a complete ring: what a
+ * producer killed inside ms_channel_create() may leave. */
+static int half_made(const char *dir, const char *name) {
+  char ring[64], pfx[64];
+  (void)snprintf(ring, sizeof(ring), "msch-%s.ring", name);
+  (void)snprintf(pfx, sizeof(pfx), "msch-%s.", name);
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, pfx, strlen(pfx)) != 0)
+      continue;
+    if (strcmp(e->d_name, ring) != 0) {
+      n++; /* anything else of that name is not a ring */
+      continue;
+    }
+    char path[512];
+    (void)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDONLY);
+    ms__ch_hdr h;
+    memset(&h, 0, sizeof(h));
+    ssize_t got = fd >= 0 ? pread(fd, &h, sizeof(h), 0) : -1;
+    if (fd >= 0)
+      close(fd);
+    ms__ch_geom g;
+    if (got != (ssize_t)sizeof(h) || atomic_load(&h.ready) != 1 ||
+        ms__ch_hdr_validate(&h, sizeof(h) + (1u << 30), &g) != 0)
+      n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* kill -9 of a producer inside ms_channel_create(), at a seeded random
+ * moment (the peer creates and closes a large ring in a loop, so most
+ * kills land in the creation): the next create of that name succeeds, a
+ * reclaim unlinks what the dead one left, and nothing stays behind. */
+static void test_kill_creating_producer(void **state) {
+  (void)state;
+  char *dir = mkdir_ns();
+  ms_shm_t *shm = shm_in(dir);
+  int caught = 0, kills = 0;
+  for (; kills < 40 && caught < 4; kills++) {
+    proc p = spawn("churn", dir, "churn", 0, 0);
+    expect_ready(&p);
+    usleep(1000 + (useconds_t)(rand_r(&seed) % 30000));
+    kill(p.pid, SIGKILL);
+    assert_int_equal(reap(&p), 128 + SIGKILL);
+    caught += half_made(dir, "churn") > 0;
+    if (kills % 2 == 0) { /* a new producer takes the name over */
+      ms_channel_t *ch = NULL;
+      int rc = ms_channel_create(shm, "churn", NULL, &ch);
+      if (rc != 0)
+        fail_msg("seed %u kill %d: create after the kill: %s (%s)", seed, kills,
+                 ms_err_name(rc), ms_channel_errmsg(NULL));
+      ms_channel_close(ch);
+    }
+    /* A reclaim unlinks whatever the dead one left. */
+    assert_int_equal(ms_channel_reclaim(shm, NULL), 0);
+    if (half_made(dir, "churn") != 0)
+      fail_msg("seed %u kill %d: a half-made ring survived", seed, kills);
+  }
+  print_message("%d of %d kills hit a creation\n", caught, kills);
+  assert_true(caught > 0); /* the case under test did happen */
+  assert_int_equal(ms_shm_destroy(shm), 0);
+  expect_clean(dir);
+}
+
 /* Forged ring headers: every one is MS_EBADREGION at open. */
 static void write_ring(const char *dir, const void *bytes, size_t n) {
   char path[256];
@@ -686,6 +783,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_api_edges),
+      cmocka_unit_test(test_stage_names),
       cmocka_unit_test(test_forged_headers),
       cmocka_unit_test(test_order_1),
       cmocka_unit_test(test_order_2),
@@ -697,6 +795,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_fork_child),
       cmocka_unit_test(test_kill_subscriber),
       cmocka_unit_test(test_kill_producer),
+      cmocka_unit_test(test_kill_creating_producer),
       cmocka_unit_test(test_idle_cpu),
       cmocka_unit_test(test_uv_loop),
   };

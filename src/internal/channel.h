@@ -27,10 +27,20 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 #define MS__CH_NAME_MAX 32
 #define MS__CH_OBJ_MAX (5 + MS__CH_NAME_MAX + 5)
 
+/* A ring is built under a staging name and then linked to its ring name
+ * (C0):  msch-<name>.<creator token, 16 hex>-<random, 8 hex>.new  .  It
+ * carries its creator's liveness token, so that a reclaim can tell an
+ * abandoned creation from one under way; like the ring name it contains a
+ * '.' and does not end in ".lock". */
+#define MS__CH_STAGE_SUFFIX ".new"
+#define MS__CH_STAGE_MAX (MS__CH_OBJ_MAX - 5 + 1 + 16 + 1 + 8 + 4)
+
 /* 1 if name is a valid user channel name. */
 int ms__ch_name_valid(const char *name);
 /* 0 if obj is exactly a ring object name (its user name not returned). */
 int ms__ch_obj_parse(const char *obj);
+/* 0 and *token if obj is exactly a staging name. */
+int ms__ch_stage_parse(const char *obj, uint64_t *token);
 
 /* ------------------------------------------------------------------------ */
 /* Layout, native byte order, version 1.                                    */
@@ -124,6 +134,19 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  * one total order; slot payloads are plain bytes, ordered by the release
  * store of slot.seq / head and the acquire loads that read them.
  *
+ * C0. Creation.  P builds the ring under its staging name (new, zeroed,
+ *     fully backed), writes the whole header (C1), and only then links it
+ *     to the ring name, which never replaces an existing object; the
+ *     staging name goes right after.  So the ring name only ever names a
+ *     complete ring, whose producer_token says who made it: a ring whose
+ *     producer died (at any point) is found dead by its token and
+ *     unlinked by the next create of that name or ms_channel_reclaim().  A
+ *     creation cut short leaves at most its staging object, whose name
+ *     carries the creator's token: ms_channel_reclaim() unlinks it once
+ *     that token is dead, and never while its creator lives.  (Where
+ *     objects cannot be linked, Win32, the ring is built under its name:
+ *     there an object dies with its last handle, so a dead creator's half
+ *     ring vanishes with it, and openers refuse it until ready == 1.)
  * C1. P writes the plain header fields once, then stores ready = 1.  A
  *     subscriber reads ready == 1 before it snapshots the header, and uses
  *     only the validated snapshot (ms__ch_hdr_validate) for geometry.
