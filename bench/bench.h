@@ -60,5 +60,9 @@ int msb_channel_peer_main(int argc, char **argv);
 /* The consumer's "chan NAME FRAMES" command (bench_channel.c): 0 or an
  * exit status. */
 int msb_channel_cycle_peer(ms_shm_t *shm, const char *args);
+/* The shm scenario's library-free two-process cycle of n bytes
+ * (bench_channel.c): seconds per frame, or -1. */
+double msb_two_process_cycle(const void *src, size_t n, int frames,
+                             int use_futex);
 
 #endif

@@ -334,6 +334,53 @@ static double raw_pingpong(int use_futex, int count) {
   return med;
 }
 
+/* The shm scenario's library-free bound on a two-process cycle: the same
+ * work as its pooled cycle (write n bytes into shared memory, hand over,
+ * the other process reads every byte and answers; one frame in flight)
+ * between this process and a forked child, through a pre-faulted shared
+ * anonymous mapping and two shared words, by pure spinning (use_futex 0)
+ * or by a bare futex (1).  No region, descriptor, channel or pool: what
+ * two processes on this machine cost whatever library they use.  Seconds
+ * per frame (after two warm-up frames), or -1. */
+double msb_two_process_cycle(const void *src, size_t n, int frames,
+                             int use_futex) {
+  const size_t map = n + 4096;
+  unsigned char *buf = mmap(NULL, map, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (buf == MAP_FAILED)
+    return -1;
+  _Atomic uint32_t *ping = (_Atomic uint32_t *)(void *)(buf + n),
+                   *pong = ping + 16; /* own cache lines */
+  atomic_store(ping, 0);
+  atomic_store(pong, 0);
+  const uint32_t total = (uint32_t)frames + 2;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    volatile uint64_t sum = 0;
+    for (uint32_t i = 1; i <= total; i++) {
+      await(ping, i, use_futex);
+      sum += msb_read_all(buf, n);
+      post(pong, i, use_futex);
+    }
+    _exit(0);
+  }
+  uint64_t t0 = 0;
+  for (uint32_t i = 1; pid > 0 && i <= total; i++) {
+    if (i == 3)
+      t0 = uv_hrtime();
+    memcpy(buf, src, n);
+    post(ping, i, use_futex);
+    await(pong, i, use_futex);
+  }
+  double per = pid > 0 ? (double)(uv_hrtime() - t0) / 1e9 / frames : -1;
+  int st = 0;
+  if (pid > 0 && (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)))
+    per = -1;
+  munmap(buf, map);
+  return per;
+}
+
 /* CPU% of process pid over `seconds`, from /proc/<pid>/stat. */
 static double cpu_ticks(pid_t pid) {
   char path[64], buf[1024];

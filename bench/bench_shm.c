@@ -435,7 +435,8 @@ typedef struct shm_row {
   size_t mib;
   double floor, heap_read, shm_read, shm_read_cached, open_us, open1_us;
   double pool1, pool4, fresh1, fresh4, pipe, py_fresh, py_reused, pool_chan;
-  const char *py_why; /* NULL when Python ran */
+  double two_spin, two_futex; /* the library-free two-process cycles */
+  const char *py_why;         /* NULL when Python ran */
 } shm_row;
 
 /* Measures one size into *row. */
@@ -523,6 +524,14 @@ static void shm_measure(const msb_opts *o, peer *p, ms_shm_t *pooled,
   for (int r = 0; r < reps; r++)
     v[r] = stream_channel(p, pooled, src, n, 1, frames);
   row->pool_chan = n / GIB / msb_median(v, reps);
+  /* What any two processes pay for the same cycle here (the floor is one
+   * process): the bound behind the channel cycle's figure. */
+  double *two[2] = {&row->two_spin, &row->two_futex};
+  for (int k = 0; k < 2; k++) {
+    for (int r = 0; r < reps; r++)
+      v[r] = msb_two_process_cycle(src, n, frames, k);
+    *two[k] = msb_median(v, reps) > 0 ? n / GIB / msb_median(v, reps) : 0;
+  }
   ms_tensor_t *staging = alloc_bytes(pooled, n);
   for (int r = 0; r < reps; r++)
     v[r] = stream_pipe(p, staging, src, n, 4, frames);
@@ -556,9 +565,11 @@ static int shm_report(const shm_row *x, cJSON *arr) {
          x->mib, 100 * x->shm_read_cached / x->heap_read, msb_pass(ok_read),
          x->open_us, msb_pass(ok_open), 100 * x->pool1 / x->floor,
          msb_pass(ok_cycle));
-  printf("%10s pooled cycle via the channel %.0f%% of floor %s\n", "",
-         100 * x->pool_chan / x->floor,
-         x->mib == 1 ? msb_pass(ok_chan) : "(judged at 1 MiB)");
+  printf("%10s pooled cycle via the channel %.0f%% of floor %s | two "
+         "processes without the library: spinning %.0f%%, futex %.0f%%\n",
+         "", 100 * x->pool_chan / x->floor,
+         x->mib == 1 ? msb_pass(ok_chan) : "(judged at 1 MiB)",
+         100 * x->two_spin / x->floor, 100 * x->two_futex / x->floor);
   if (py)
     printf("%10s fresh vs Python fresh %.2fx %s (>= %.0fx) | pooled vs "
            "Python reused %.2fx %s (>= %.0fx) | pooled %.1fx pipe\n",
@@ -585,6 +596,8 @@ static int shm_report(const shm_row *x, cJSON *arr) {
   cJSON_AddNumberToObject(e, "cycle_pooled_gibs", x->pool1);
   cJSON_AddNumberToObject(e, "cycle_pooled_streaming_gibs", x->pool4);
   cJSON_AddNumberToObject(e, "cycle_pooled_channel_gibs", x->pool_chan);
+  cJSON_AddNumberToObject(e, "cycle_two_process_spin_gibs", x->two_spin);
+  cJSON_AddNumberToObject(e, "cycle_two_process_futex_gibs", x->two_futex);
   cJSON_AddNumberToObject(e, "pipe_serialization_gibs", x->pipe);
   const char *py_keys[4] = {"python_mp_shm_gibs", "python_mp_shm_reused_gibs",
                             "python_fresh_ratio", "python_reused_ratio"};
