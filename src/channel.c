@@ -38,6 +38,7 @@ struct ms_channel {
   uint64_t cursor; /* == subs[idx].cursor, written only here */
   /* counters of this handle */
   uint64_t sent, received, dropped, full_waits, wakes, spin_hits, sleeps;
+  uint64_t spin_skips; /* waits that did not spin (C10) */
   /* ms_channel_fd's helper */
   int helper_on;
   uv_thread_t helper;
@@ -305,6 +306,7 @@ static int publish(ms_channel_t *ch, uint32_t kind, const char *desc,
   ch->held[seq & (cap - 1)] = t != NULL ? ms_tensor_retain(t) : NULL;
   ch->head = seq + 1;
   atomic_store(&ch->h->head, seq + 1); /* C2 */
+  atomic_store_explicit(&ch->h->p_cpu, ms__cpu_now(), memory_order_relaxed);
   ch->sent++;
   wake_sleepers(ch);
   return 0;
@@ -427,7 +429,13 @@ static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
   if (timeout_ms == 0)
     return MS_ETIMEDOUT;
   const uint64_t deadline = deadline_of(timeout_ms);
-  const uint64_t spin_end = uv_hrtime() + (uint64_t)ch->spin_us * 1000u;
+  uint64_t spin_end = uv_hrtime() + (uint64_t)ch->spin_us * 1000u;
+  const uint32_t cpu = ch->spin_us > 0 ? ms__cpu_now() : 0;
+  if (cpu != 0 &&
+      atomic_load_explicit(&ch->h->p_cpu, memory_order_relaxed) == cpu) {
+    spin_end = 0; /* the producer waits for this CPU (C10) */
+    ch->spin_skips++;
+  }
   while (uv_hrtime() < spin_end) {
     for (int k = 0; k < 64; k++) {
       if (atomic_load_explicit(&ch->h->head, memory_order_relaxed) >
@@ -1056,7 +1064,7 @@ int ms_channel_stats_json(ms_channel_t *ch, char **json) {
   } f[] = {{"sent", ch->sent},       {"received", ch->received},
            {"dropped", ch->dropped}, {"full_waits", ch->full_waits},
            {"wakes", ch->wakes},     {"spin_hits", ch->spin_hits},
-           {"sleeps", ch->sleeps}};
+           {"sleeps", ch->sleeps},   {"spin_skips", ch->spin_skips}};
   ok = ok && cJSON_AddStringToObject(
                  o, "role", ch->producer ? "producer" : "subscriber") != NULL;
   for (size_t i = 0; ok && i < sizeof(f) / sizeof(f[0]); i++)

@@ -8,11 +8,15 @@
  * MS_CHANNEL_MESSAGES (default 1000000) is the message count of the order
  * tests (each subscriber receives all of them); MS_SEED replays the kill
  * points. */
+#define _GNU_SOURCE /* sched_setaffinity */
 #include "internal/channel.h"
 #include "modelshare.h"
 
+#include <uv.h>
+
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -745,6 +749,88 @@ static void test_idle_cpu(void **state) {
   expect_clean(dir);
 }
 
+/* A counter of ch's stats JSON. */
+static unsigned long long stat_of(ms_channel_t *ch, const char *key) {
+  char *json = NULL, k[64];
+  assert_int_equal(ms_channel_stats_json(ch, &json), 0);
+  (void)snprintf(k, sizeof(k), "\"%s\":", key);
+  const char *f = strstr(json, k);
+  assert_non_null(f);
+  unsigned long long v = strtoull(f + strlen(k), NULL, 10);
+  ms_free(json);
+  return v;
+}
+
+static void pin_to(int cpu) {
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  CPU_SET(cpu, &s);
+  assert_int_equal(sched_setaffinity(0, sizeof(s), &s), 0); /* this thread */
+}
+
+typedef struct slow_sender {
+  ms_channel_t *ch;
+  int cpu, n, failed;
+} slow_sender;
+
+static void send_slowly(void *arg) {
+  slow_sender *c = arg;
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  CPU_SET(c->cpu, &s);
+  c->failed = sched_setaffinity(0, sizeof(s), &s) != 0;
+  for (uint64_t i = 0; i < (uint64_t)c->n && !c->failed; i++) {
+    usleep(300); /* the receiver is waiting for each message */
+    c->failed = ms_channel_send(c->ch, &i, sizeof(i), 10000) != 0;
+  }
+}
+
+/* C10: a receiver on the CPU the producer last sent from does not spin
+ * (it would only delay the producer); one on another CPU spins as usual.
+ * Producer thread and receiver pinned to the same CPU, then to two. */
+static void test_spin_only_across_cpus(void **state) {
+  (void)state;
+  cpu_set_t orig;
+  assert_int_equal(sched_getaffinity(0, sizeof(orig), &orig), 0);
+  if (!CPU_ISSET(0, &orig) || !CPU_ISSET(1, &orig))
+    skip(); /* needs CPUs 0 and 1 */
+  char *dir = mkdir_ns();
+  ms_shm_t *a = shm_in(dir), *b = shm_in(dir);
+  const int n = 60;
+  for (int other = 0; other < 2; other++) {
+    ms_channel_t *ch = producer(a, "cpus", 16, MS_CHANNEL_BLOCK), *sub = NULL;
+    assert_int_equal(ms_channel_open(b, "cpus", NULL, &sub), 0);
+    pin_to(0);
+    slow_sender c = {ch, other, n, 0};
+    uv_thread_t th;
+    assert_int_equal(uv_thread_create(&th, send_slowly, &c), 0);
+    for (uint64_t i = 0; i < (uint64_t)n; i++) {
+      uint64_t v = 0;
+      size_t len = 0;
+      int rc = ms_channel_recv(sub, &v, sizeof(v), &len, 10000);
+      if (rc != 0 || v != i)
+        fail_msg("message %llu: %s, got %llu", (unsigned long long)i,
+                 ms_err_name(rc), (unsigned long long)v);
+    }
+    assert_int_equal(uv_thread_join(&th), 0);
+    assert_int_equal(sched_setaffinity(0, sizeof(orig), &orig), 0);
+    assert_int_equal(c.failed, 0);
+    unsigned long long skips = stat_of(sub, "spin_skips");
+    print_message("producer on CPU %d, receiver on CPU 0: %llu of %d waits "
+                  "did not spin\n",
+                  other, skips, n);
+    if (other == 0)
+      assert_true(skips >= (unsigned long long)n / 2); /* all but a few */
+    else
+      assert_int_equal(skips, 0);
+    ms_channel_close(sub);
+    ms_channel_close(ch);
+  }
+  assert_int_equal(ms_shm_destroy(b), 0);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  expect_clean(dir);
+}
+
 /* A libuv loop in a second process receives through recv_start. */
 static void test_uv_loop(void **state) {
   (void)state;
@@ -797,6 +883,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kill_producer),
       cmocka_unit_test(test_kill_creating_producer),
       cmocka_unit_test(test_idle_cpu),
+      cmocka_unit_test(test_spin_only_across_cpus),
       cmocka_unit_test(test_uv_loop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

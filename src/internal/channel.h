@@ -79,7 +79,8 @@ typedef struct ms__ch_hdr {
   _Atomic uint64_t head;    /* 128: messages published */
   _Atomic uint32_t closed;  /* 136: 1 once the producer closed cleanly */
   _Atomic uint32_t ready;   /* 140: 1 once the header is complete */
-  uint8_t pad1[48];         /* 144 */
+  _Atomic uint32_t p_cpu;   /* 144: ms__cpu_now() at the last send (C10) */
+  uint8_t pad1[44];         /* 148 */
   _Atomic uint32_t space;   /* 192: futex word the producer sleeps on */
   _Atomic uint32_t p_sleep; /* 196: 1 while the producer waits for space */
   uint8_t pad2[56];         /* 200 */
@@ -215,6 +216,14 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  * C9. fork(): a channel handle inherited by a forked child belongs to the
  *     parent (like its allocator, I8 of internal/shm.h): every call but
  *     close refuses, and close frees only the child's memory.
+ * C10. Spinning only where it can help.  P stores p_cpu = ms__cpu_now()
+ *     with every publication (in head's cache line, which it writes
+ *     anyway).  A subscriber about to spin (C6) skips the spin and goes
+ *     straight to the sleep protocol when p_cpu is its own CPU: P last ran
+ *     there, so P is waiting for this very CPU (or has moved), and
+ *     spinning would only delay the message it waits for.  p_cpu is a
+ *     hint read from shared memory: any value only chooses between a
+ *     bounded spin and C6's sleep, which is correct either way.
  */
 #define MS__CH_LIVENESS_MS 100u
 
