@@ -69,8 +69,10 @@ static int run_sub(const char *name, uint64_t count, unsigned slow_us,
                  : ms_channel_recv(ch, &v, sizeof(v), &n, 30000);
     if (rc == MS_EPIPE)
       break;
-    if (rc != 0)
-      die("recv", rc);
+    if (rc != 0) {
+      printf("fail recv %s %s\n", ms_err_name(rc), ms_channel_errmsg(ch));
+      return 1;
+    }
     if (n != sizeof(v) || (last != UINT64_MAX && v <= last) || v < expect ||
         (tensors && (t == NULL || !check_tensor(t, v)))) {
       printf("fail order got %llu expected >= %llu\n", (unsigned long long)v,

@@ -631,6 +631,71 @@ static void test_kill_creating_producer(void **state) {
   expect_clean(dir);
 }
 
+/* A kill -9 storm: subscriber processes receive tensors while the
+ * producer streams them under the block policy, and are killed at seeded
+ * random moments, some while they start and attach; replacements keep
+ * coming.  Every send succeeds within its timeout (a dead subscriber does
+ * not hold the producer back for long), every survivor receives in order
+ * up to the last message (a few are sent once all are attached) and then
+ * MS_EPIPE, and after a sweep nothing is left. */
+static void test_kill_storm(void **state) {
+  (void)state;
+  enum { SUBS = 4, MESSAGES = 4000, TAIL = 8 };
+  char *dir = mkdir_ns();
+  ms_shm_t *shm = shm_in(dir);
+  ms_channel_t *ch = producer(shm, "storm", 16, MS_CHANNEL_BLOCK);
+  proc subs[SUBS];
+  int kills = 0;
+  for (int k = 0; k < SUBS; k++) /* their "ready" is read after the storm */
+    subs[k] = spawn("subt", dir, "storm", 0, 0);
+  for (uint64_t i = 0; i < MESSAGES + TAIL; i++) {
+    if (i == MESSAGES) /* the storm is over: everyone attached */
+      for (int k = 0; k < SUBS; k++)
+        expect_ready(&subs[k]);
+    if (i < MESSAGES && rand_r(&seed) % 150 == 0) {
+      int k = (int)((unsigned)rand_r(&seed) % SUBS);
+      /* Half the time the victim has only just been started. */
+      for (int twice = 0; twice < 1 + (rand_r(&seed) & 1); twice++) {
+        if (twice)
+          usleep((useconds_t)(rand_r(&seed) % 3000));
+        kill(subs[k].pid, SIGKILL);
+        assert_int_equal(reap(&subs[k]), 128 + SIGKILL);
+        kills++;
+        subs[k] = spawn("subt", dir, "storm", 0, 0);
+      }
+    }
+    int64_t shape[1] = {64};
+    ms_tensor_t *t = NULL;
+    assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_UINT64, 1, shape, NULL, &t),
+                     0);
+    uint64_t *d = ms_tensor_data(t);
+    for (int k = 0; k < 64; k++)
+      d[k] = i;
+    int rc = ms_channel_send_tensor(ch, t, &i, sizeof(i), 30000);
+    ms_tensor_release(t);
+    if (rc != 0)
+      fail_msg("seed %u: send %llu after %d kills: %s", seed,
+               (unsigned long long)i, kills, ms_err_name(rc));
+  }
+  /* Delivered to every live subscriber (close releases the tensors it
+   * keeps), dead ones dropped on the way; then the survivors get
+   * MS_EPIPE. */
+  assert_int_equal(ms_channel_flush(ch, 30000), 0);
+  ms_channel_close(ch);
+  for (int k = 0; k < SUBS; k++) {
+    char buf[256];
+    line_of(&subs[k], buf, sizeof(buf));
+    unsigned long long got = 0, dropped = 1, last = 0;
+    if (sscanf(buf, "ok %llu %llu %llu", &got, &dropped, &last) != 3 ||
+        dropped != 0 || last != MESSAGES + TAIL - 1 || got < TAIL)
+      fail_msg("seed %u: subscriber %d: %s", seed, k, buf);
+    assert_int_equal(reap(&subs[k]), 0);
+  }
+  print_message("%d kills over %d messages\n", kills, MESSAGES);
+  assert_int_equal(ms_shm_destroy(shm), 0);
+  expect_clean(dir);
+}
+
 /* Forged ring headers: every one is MS_EBADREGION at open. */
 static void write_ring(const char *dir, const void *bytes, size_t n) {
   char path[256];
@@ -882,6 +947,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kill_subscriber),
       cmocka_unit_test(test_kill_producer),
       cmocka_unit_test(test_kill_creating_producer),
+      cmocka_unit_test(test_kill_storm),
       cmocka_unit_test(test_idle_cpu),
       cmocka_unit_test(test_spin_only_across_cpus),
       cmocka_unit_test(test_uv_loop),
