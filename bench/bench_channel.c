@@ -6,9 +6,12 @@
  * while the receiver spins (its own `wakes` counters).  The peer is this
  * binary started with --channel-peer.  Also the consumer side of the shm
  * scenario's channel cycle (msb_channel_cycle_peer). */
+#define _GNU_SOURCE /* sched_getcpu */
 #include "bench.h"
 
 #include <uv.h>
+
+#include <sched.h>
 
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -125,9 +128,11 @@ int msb_channel_peer_main(int argc, char **argv) {
   return ms_shm_destroy(shm) == 0 ? rc : 1;
 }
 
+int msb_cpu(void) { return sched_getcpu(); }
+
 /* The shm scenario's consumer: "chan NAME FRAMES": receives FRAMES tensors
  * on channel NAME, reads every byte of each and acknowledges it on NAME-ack
- * (8 bytes), all without the pipe.  Prints "<frames> <sum>". */
+ * (an msb_chan_ack), all without the pipe.  Prints "<frames> <sum>". */
 int msb_channel_cycle_peer(ms_shm_t *shm, const char *args) {
   char name[64], ack_name[80];
   unsigned long long frames = 0;
@@ -149,9 +154,12 @@ int msb_channel_cycle_peer(ms_shm_t *shm, const char *args) {
     size_t n = 0;
     if (ms_channel_recv_tensor(in, 0, 60000, &t, NULL, 0, &n) != 0 || t == NULL)
       return 8;
+    msb_chan_ack a = {f, uv_hrtime(), 0, 0, 0};
     sum += msb_read_all(ms_tensor_data(t), ms_tensor_nbytes(t));
+    a.read_ns = uv_hrtime();
+    a.cpu = msb_cpu();
     ms_tensor_release(t);
-    if (ms_channel_send(ack, &f, sizeof(f), 60000) != 0)
+    if (ms_channel_send(ack, &a, sizeof(a), 60000) != 0)
       return 9;
   }
   (void)ms_channel_flush(ack, 10000);

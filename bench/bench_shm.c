@@ -230,14 +230,25 @@ static double stream_pipe(peer *p, ms_tensor_t *staging, const void *src,
   return (double)(uv_hrtime() - t0) / 1e9 / frames;
 }
 
+/* Where the time of one-frame-in-flight channel cycles goes, frame by
+ * frame (microseconds): allocating and writing the frame; from the send
+ * call until the consumer has the tensor; the consumer's read of every
+ * byte; from the end of that read until the producer has the
+ * acknowledgement; and whether both ends ran on one CPU. */
+typedef struct chan_phases {
+  double *write, *handoff, *read, *ack;
+  int n, same_cpu;
+} chan_phases;
+
 /* The pooled cycle with the descriptors moving through the channel
  * instead of the pipe: write a frame, send it (the channel keeps the
  * tensor; the producer releases its handle at once), the consumer reads
  * every byte and acknowledges on a second channel, the producer flushes
  * (the channel lets the region go); up to `window` frames in flight.
+ * With window 1, ph (may be NULL) gets each frame's phases.
  * The channels are set up before the clock starts.  Seconds per frame. */
 static double stream_channel(peer *p, ms_shm_t *shm, const void *src, size_t n,
-                             int window, int frames) {
+                             int window, int frames, chan_phases *ph) {
   static int seq;
   char name[48], ack_name[64];
   (void)snprintf(name, sizeof(name), "msb-cyc-%d-%d", (int)getpid(), seq++);
@@ -262,20 +273,31 @@ static double stream_channel(peer *p, ms_shm_t *shm, const void *src, size_t n,
             ms_channel_errmsg(NULL));
     exit(1);
   }
-  int sent = 0, done = 0;
-  uint64_t t0 = uv_hrtime();
+  int sent = 0, done = 0, cpu = -1;
+  uint64_t t0 = uv_hrtime(), t_alloc = 0, t_send = 0;
   while (done < frames) {
     int rc;
     if (sent < frames && sent - done < window) {
+      t_alloc = uv_hrtime();
       ms_tensor_t *t = alloc_bytes(shm, n);
       memcpy(ms_tensor_data(t), src, n);
+      t_send = uv_hrtime();
+      cpu = msb_cpu();
       rc = ms_channel_send_tensor(out, t, NULL, 0, 60000);
       ms_tensor_release(t);
       sent++;
     } else {
-      uint64_t a = 0;
+      msb_chan_ack a;
       size_t len = 0;
       rc = ms_channel_recv(ack, &a, sizeof(a), &len, 60000);
+      if (rc == 0 && ph != NULL && window == 1 && len == sizeof(a)) {
+        const uint64_t t_ack = uv_hrtime();
+        ph->write[ph->n] = (double)(t_send - t_alloc) / 1e3;
+        ph->handoff[ph->n] = ((double)a.got_ns - (double)t_send) / 1e3;
+        ph->read[ph->n] = (double)(a.read_ns - a.got_ns) / 1e3;
+        ph->ack[ph->n++] = (double)(t_ack - a.read_ns) / 1e3;
+        ph->same_cpu += cpu >= 0 && cpu == a.cpu;
+      }
       /* The acknowledgement says a frame was consumed: give its region
        * back to the pool now, as the pipe cycle releases it after the
        * reply (otherwise the channel keeps it until the next send).
@@ -436,6 +458,7 @@ typedef struct shm_row {
   double floor, heap_read, shm_read, shm_read_cached, open_us, open1_us;
   double pool1, pool4, fresh1, fresh4, pipe, py_fresh, py_reused, pool_chan;
   double two_spin, two_futex; /* the library-free two-process cycles */
+  chan_phases phases;         /* of the channel cycle */
   const char *py_why;         /* NULL when Python ran */
 } shm_row;
 
@@ -520,9 +543,21 @@ static void shm_measure(const msb_opts *o, peer *p, ms_shm_t *pooled,
     if (k == 0)
       row->open_us = msb_median(w, reps) / 1e3;
   }
-  (void)stream_channel(p, pooled, src, n, 1, 2); /* warm */
+  chan_phases *ph = &row->phases;
+  const size_t nph = (size_t)reps * (size_t)frames;
+  ph->n = ph->same_cpu = 0;
+  ph->write = calloc(nph, sizeof(double));
+  ph->handoff = calloc(nph, sizeof(double));
+  ph->read = calloc(nph, sizeof(double));
+  ph->ack = calloc(nph, sizeof(double));
+  if (ph->write == NULL || ph->handoff == NULL || ph->read == NULL ||
+      ph->ack == NULL) {
+    fprintf(stderr, "modelshare-bench: out of memory\n");
+    exit(1);
+  }
+  (void)stream_channel(p, pooled, src, n, 1, 2, NULL); /* warm */
   for (int r = 0; r < reps; r++)
-    v[r] = stream_channel(p, pooled, src, n, 1, frames);
+    v[r] = stream_channel(p, pooled, src, n, 1, frames, ph);
   row->pool_chan = n / GIB / msb_median(v, reps);
   /* What any two processes pay for the same cycle here (the floor is one
    * process): the bound behind the channel cycle's figure. */
@@ -570,6 +605,15 @@ static int shm_report(const shm_row *x, cJSON *arr) {
          "", 100 * x->pool_chan / x->floor,
          x->mib == 1 ? msb_pass(ok_chan) : "(judged at 1 MiB)",
          100 * x->two_spin / x->floor, 100 * x->two_futex / x->floor);
+  const chan_phases *ph = &x->phases;
+  const double ph_med[4] = {
+      msb_median(ph->write, ph->n), msb_median(ph->handoff, ph->n),
+      msb_median(ph->read, ph->n), msb_median(ph->ack, ph->n)};
+  const double same_cpu = ph->n > 0 ? (double)ph->same_cpu / ph->n : 0;
+  printf("%10s channel cycle, median us: alloc+write %.1f | send to "
+         "consumer %.1f | read %.1f | read to ack %.1f | one CPU for both "
+         "in %.0f%% of frames\n",
+         "", ph_med[0], ph_med[1], ph_med[2], ph_med[3], 100 * same_cpu);
   if (py)
     printf("%10s fresh vs Python fresh %.2fx %s (>= %.0fx) | pooled vs "
            "Python reused %.2fx %s (>= %.0fx) | pooled %.1fx pipe\n",
@@ -598,6 +642,11 @@ static int shm_report(const shm_row *x, cJSON *arr) {
   cJSON_AddNumberToObject(e, "cycle_pooled_channel_gibs", x->pool_chan);
   cJSON_AddNumberToObject(e, "cycle_two_process_spin_gibs", x->two_spin);
   cJSON_AddNumberToObject(e, "cycle_two_process_futex_gibs", x->two_futex);
+  cJSON *cp = cJSON_AddObjectToObject(e, "channel_cycle_us");
+  const char *ph_keys[4] = {"write", "handoff", "read", "ack"};
+  for (int k = 0; k < 4; k++)
+    cJSON_AddNumberToObject(cp, ph_keys[k], ph_med[k]);
+  cJSON_AddNumberToObject(cp, "same_cpu_fraction", same_cpu);
   cJSON_AddNumberToObject(e, "pipe_serialization_gibs", x->pipe);
   const char *py_keys[4] = {"python_mp_shm_gibs", "python_mp_shm_reused_gibs",
                             "python_fresh_ratio", "python_reused_ratio"};
@@ -652,8 +701,11 @@ int msb_shm(const msb_opts *o, cJSON *root) {
   }
   cJSON *arr = cJSON_AddArrayToObject(root, "shm");
   int all_ok = 1;
-  for (int s = 0; s < o->nsizes; s++)
+  for (int s = 0; s < o->nsizes; s++) {
     all_ok &= shm_report(&rows[s], arr);
+    chan_phases *ph = &rows[s].phases;
+    free(ph->write), free(ph->handoff), free(ph->read), free(ph->ack);
+  }
   printf("(open us = descriptor open in the consumer for a pooled, recycled "
          "region; open1 = first open of a new region.  w1/w4 = frames in "
          "flight.  pool = pooled regions; fresh = a new region per frame; py "
@@ -836,7 +888,7 @@ int msb_vision(const msb_opts *o, cJSON *root) {
                                             raw, src, n, 4, f)
                    : k == 3 ? stream_vision(&p, VISION_COPY, staging, hdr, hcap,
                                             raw, src, n, 4, f)
-                            : stream_channel(&p, shm, src, n, 4, f);
+                            : stream_channel(&p, shm, src, n, 4, f, NULL);
       if (r >= 0)
         v[k][r] = per;
     }
