@@ -898,9 +898,11 @@ MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
  *
  * Waiting: a receiver spins for spin_us microseconds, then sleeps (a futex
  * on Linux, a named event on Windows); the producer makes a system call
- * only when a subscriber sleeps.  A receiver that runs on the CPU where
- * the producer last sent does not spin (the producer would wait for that
- * CPU): it sleeps at once.  A blocked producer (MS_CHANNEL_BLOCK,
+ * only when a subscriber sleeps.  A receiver with a spin window under 1
+ * ms that runs on the CPU where the producer last sent does not spin (the
+ * producer would wait for that CPU): it sleeps at once.  A window of 1 ms
+ * or more always spins (latency first: the scheduler then moves one of
+ * the two processes to another CPU).  A blocked producer (MS_CHANNEL_BLOCK,
  * full ring) sleeps the same way.
  *
  * Crash safety: subscribers are known by their allocator's liveness token.
@@ -1088,8 +1090,8 @@ MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);
  * "subscriber"), sent, received, dropped, full_waits (sends that found the
  * ring full), wakes (wake-up system calls this handle made), spin_hits
  * (waits that found a message while spinning), sleeps (waits that slept),
- * spin_skips (waits that did not spin: the producer last sent from the
- * receiver's own CPU);
+ * spin_skips (waits that did not spin: a window under 1 ms, and the
+ * producer last sent from the receiver's own CPU);
  * a producer adds "subscribers": [{received, dropped, lag}] of the live
  * entries.  Errors: MS_EINVAL, MS_ENOMEM.
  */

@@ -430,7 +430,9 @@ static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
     return MS_ETIMEDOUT;
   const uint64_t deadline = deadline_of(timeout_ms);
   uint64_t spin_end = uv_hrtime() + (uint64_t)ch->spin_us * 1000u;
-  const uint32_t cpu = ch->spin_us > 0 ? ms__cpu_now() : 0;
+  const uint32_t cpu = ch->spin_us > 0 && ch->spin_us < MS__CH_SPIN_SHARED_US
+                           ? ms__cpu_now()
+                           : 0;
   if (cpu != 0 &&
       atomic_load_explicit(&ch->h->p_cpu, memory_order_relaxed) == cpu) {
     spin_end = 0; /* the producer waits for this CPU (C10) */

@@ -850,9 +850,11 @@ static void send_slowly(void *arg) {
   }
 }
 
-/* C10: a receiver on the CPU the producer last sent from does not spin
- * (it would only delay the producer); one on another CPU spins as usual.
- * Producer thread and receiver pinned to the same CPU, then to two. */
+/* C10: a receiver with a short spin window on the CPU the producer last
+ * sent from does not spin (it would only delay the producer); one on
+ * another CPU spins as usual, and so does one with a window of 1 ms or
+ * more.  Producer thread and receiver pinned to the same CPU, then to
+ * two; then the same CPU with a 2 ms window. */
 static void test_spin_only_across_cpus(void **state) {
   (void)state;
   cpu_set_t orig;
@@ -862,9 +864,12 @@ static void test_spin_only_across_cpus(void **state) {
   char *dir = mkdir_ns();
   ms_shm_t *a = shm_in(dir), *b = shm_in(dir);
   const int n = 60;
-  for (int other = 0; other < 2; other++) {
+  for (int run = 0; run < 3; run++) {
+    const int other = run == 1; /* the producer's CPU */
     ms_channel_t *ch = producer(a, "cpus", 16, MS_CHANNEL_BLOCK), *sub = NULL;
-    assert_int_equal(ms_channel_open(b, "cpus", NULL, &sub), 0);
+    ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
+    o.spin_us = run == 2 ? 2000 : 20;
+    assert_int_equal(ms_channel_open(b, "cpus", &o, &sub), 0);
     pin_to(0);
     slow_sender c = {ch, other, n, 0};
     uv_thread_t th;
@@ -881,10 +886,10 @@ static void test_spin_only_across_cpus(void **state) {
     assert_int_equal(sched_setaffinity(0, sizeof(orig), &orig), 0);
     assert_int_equal(c.failed, 0);
     unsigned long long skips = stat_of(sub, "spin_skips");
-    print_message("producer on CPU %d, receiver on CPU 0: %llu of %d waits "
-                  "did not spin\n",
-                  other, skips, n);
-    if (other == 0)
+    print_message("producer on CPU %d, receiver on CPU 0, %u us window: %llu "
+                  "of %d waits did not spin\n",
+                  other, o.spin_us, skips, n);
+    if (run == 0)
       assert_true(skips >= (unsigned long long)n / 2); /* all but a few */
     else
       assert_int_equal(skips, 0);

@@ -218,13 +218,20 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  *     close refuses, and close frees only the child's memory.
  * C10. Spinning only where it can help.  P stores p_cpu = ms__cpu_now()
  *     with every publication (in head's cache line, which it writes
- *     anyway).  A subscriber about to spin (C6) skips the spin and goes
- *     straight to the sleep protocol when p_cpu is its own CPU: P last ran
- *     there, so P is waiting for this very CPU (or has moved), and
- *     spinning would only delay the message it waits for.  p_cpu is a
- *     hint read from shared memory: any value only chooses between a
- *     bounded spin and C6's sleep, which is correct either way.
+ *     anyway).  A subscriber about to spin (C6) for less than
+ *     MS__CH_SPIN_SHARED_US skips the spin and goes straight to the sleep
+ *     protocol when p_cpu is its own CPU: P last ran there, so P is
+ *     waiting for this very CPU (or has moved), and so short a spin only
+ *     delays the message it waits for (measured: a 20 us window cost ~24
+ *     us a hop between two processes on one CPU, ~2.4 us without the
+ *     spin).  A longer window is a request for latency at the price of a
+ *     CPU: it spins anyway, which keeps both processes runnable, so the
+ *     scheduler moves one of them to another CPU (skipping it there would
+ *     keep the pair on one CPU, sleeping).  p_cpu is a hint read from
+ *     shared memory: any value only chooses between a bounded spin and
+ *     C6's sleep, which is correct either way.
  */
+#define MS__CH_SPIN_SHARED_US 1000u
 #define MS__CH_LIVENESS_MS 100u
 
 #endif
