@@ -627,6 +627,38 @@ MS_EXPORT void ms_tensor_release(ms_tensor_t *t);
  */
 MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
 
+/**
+ * Makes a tensor allocated by ms_tensor_alloc() read-only for good, for
+ * data that never changes again (weights, a host image).  Call it once the
+ * data is written.  Afterwards t is no longer writable (writing through
+ * ms_tensor_data() faults, ms_tensor_is_writable() is 0), opening its
+ * descriptor with MS_OPEN_WRITE fails with MS_EACCES, and its region is
+ * never pooled: at its last release it is unlinked (named) or dropped
+ * (memfd), never reused for another tensor.  Freezing a frozen tensor does
+ * nothing and returns 0.
+ *
+ * What enforces it depends on the backend:
+ *   - memfd (Linux): the region is sealed with F_SEAL_FUTURE_WRITE (then
+ *     F_SEAL_SEAL): the kernel refuses every later writable mapping and
+ *     write() by any process, so the bytes cannot change through a mapping
+ *     made after the freeze.  Mappings made before it keep their access
+ *     (the kernel does not revoke them): freeze before handing the
+ *     descriptor to anyone who opens it with MS_OPEN_WRITE.  Consumers of a
+ *     frozen memfd map it read-only and take no holder slot (nobody can
+ *     write the header any more): their mappings keep the bytes alive, but
+ *     the descriptor opens only while the creator still holds the tensor.
+ *   - named regions (and Win32): weaker.  The creator's mapping becomes
+ *     read-only and the library refuses MS_OPEN_WRITE, but any process of
+ *     the same user can still open the object writable or truncate it
+ *     outside the library.
+ * Errors: MS_EINVAL (NULL, a heap tensor, a tensor this process opened
+ *   rather than allocated, or its allocator was inherited across fork()),
+ *   MS_EIO (the kernel refused the seal or mprotect; t is then unchanged
+ *   and still writable).  Thread-safe, but no other thread may be writing
+ *   t's data meanwhile.  Since 1.2.
+ */
+MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
+
 /* ------------------------------------------------------------------------ */
 /* Shared-memory allocator                                                   */
 /* ------------------------------------------------------------------------ */
@@ -747,12 +779,24 @@ typedef struct ms_shm_options {
    *  ms_tensor_open() accepts; -1 (default) = none.  Ignored on Windows,
    *  where the DACL decides. */
   int64_t allowed_uid;
+  /* ---- 1.2 ---- */
+  /** Where this allocator creates its regions: MS_SHM_BACKEND_NAMED
+   *  (default), MS_SHM_BACKEND_MEMFD or MS_SHM_BACKEND_AUTO; see "Backends"
+   *  above.  Opening descriptors works whatever the value. */
+  uint32_t backend;
+  /** Reserved (tail padding): ignored, set it to 0. */
+  uint32_t reserved1;
 } ms_shm_options_t;
+
+/** Values of ms_shm_options_t.backend. */
+#define MS_SHM_BACKEND_NAMED 0u /**< named objects (shm_open / dir), ms1: */
+#define MS_SHM_BACKEND_MEMFD 1u /**< sealed memfds (Linux only), ms2: */
+#define MS_SHM_BACKEND_AUTO 2u  /**< memfd where ms_capabilities() proves it */
 
 #define MS_SHM_OPTIONS_INIT                                                    \
   {                                                                            \
     sizeof(ms_shm_options_t), NULL, NULL, 0, 0, 256u << 20, 64, 0, 1ull << 30, \
-        -1                                                                     \
+        -1, MS_SHM_BACKEND_NAMED, 0                                            \
   }
 
 /**
@@ -859,10 +903,17 @@ typedef struct ms_capabilities_s {
   uint64_t shm_total_bytes; /**< its size */
   uint64_t page_size;
   uint64_t max_region_bytes; /**< the largest region that fits now */
+  /* ---- 1.2 ---- */
+  /** 1 if a sealed memfd region could be created here (Linux). */
+  uint32_t memfd_available;
+  /** 1 if another process could reopen it through /proc/<pid>/fd (proved
+   *  by a forked child, once per process): MS_SHM_BACKEND_AUTO then picks
+   *  memfd.  0 where /proc is missing or hardened, and off Linux. */
+  uint32_t memfd_reopen;
 } ms_capabilities_t;
 
 #define MS_CAPABILITIES_INIT                                                   \
-  { sizeof(ms_capabilities_t), 0, 0, 0, 0, 0 }
+  { sizeof(ms_capabilities_t), 0, 0, 0, 0, 0, 0, 0 }
 
 /**
  * Probes shared memory in dir (NULL: the default namespace) by creating,
