@@ -1,8 +1,9 @@
-/* Host-scope images: the builder.  Each tensor is a region of its own with
- * the key's prefix, created by the calling allocator but recorded as an
- * opened mapping (not pooled: a frozen region is never reused), filled by
- * the build callback, checked for writes outside it, then frozen.  The
- * protocol is in internal/image.h. */
+/* Host-scope images: the builder.  Each tensor is a region of its own,
+ * named with the key's prefix and created by the calling allocator like
+ * one of its own (never pooled: its header has no MS__POOLED, and
+ * ms_tensor_freeze() marks it frozen), filled by the build callback,
+ * checked for writes outside it, then frozen.  The protocol is in
+ * internal/image.h. */
 #include "internal/image.h"
 
 #include <stdio.h>
@@ -48,7 +49,7 @@ static int part_region(ms_image_builder_t *b, size_t bytes, ms__map **out,
     return rc;
   }
   m->hdr = m->region.base;
-  m->own = 0; /* never pooled, never recycled: see the file comment */
+  m->own = 1; /* charged nothing, never pooled (flags 0, then frozen) */
   m->writable = 1;
   m->capacity = data;
   m->gen = 1;
@@ -160,21 +161,13 @@ int ms__img_builder_seal(ms_image_builder_t *b) {
     if (strcmp(b->parts[i - 1].name, b->parts[i].name) == 0)
       return ms__errmsg_set(shm, MS_EINVAL, "two image tensors named %s",
                             b->parts[i].name);
-  /* Freeze: the data becomes read-only in the builder's own mapping too;
-   * the header page stays writable (the holder slots live there). */
-  int rc = 0;
-  uv_mutex_lock(&shm->lock);
-  for (size_t i = 0; i < b->n && rc == 0; i++) {
-    ms_tensor_t *t = b->parts[i].t;
-    rc = ms__region_protect(&t->map->region, shm->header_size, 0);
-    if (rc == 0) {
-      t->map->writable = 0; /* found again by read-only opens here */
-      t->writable = 0;
-    }
+  /* Freeze: read-only for good (ms_tensor_freeze: the builder's mapping
+   * becomes read-only, the region never pooled, MS_OPEN_WRITE refused). */
+  for (size_t i = 0; i < b->n; i++) {
+    int rc = ms_tensor_freeze(b->parts[i].t);
+    if (rc != 0)
+      return rc; /* the message is set */
   }
-  uv_mutex_unlock(&shm->lock);
-  if (rc != 0)
-    return ms__errmsg_set(shm, rc, "cannot make an image tensor read-only");
   return 0;
 }
 

@@ -24,6 +24,7 @@ int ms__img_sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *n) {
   memcpy(c, shm, sizeof(*c));
   memcpy(c->prefix, prefix, strlen(prefix) + 1);
   int rc = ms__sweep_locked(c, n);
+  ms__pool_refresh(shm); /* our own image regions freed by dead holders */
   uv_mutex_unlock(&shm->lock);
   ms__free(c);
   return rc;

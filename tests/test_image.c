@@ -490,6 +490,17 @@ static void test_frozen(void **state) {
   }
   assert_int_equal(image_check(img, &s, NULL), 0);
   assert_int_equal(atomic_load(&sh->builds), 1);
+  /* Frozen for the library too: no writable open of its descriptors. */
+  ms_tensor_t *t = NULL, *w = NULL;
+  char desc[MS_DESCRIPTOR_MAX];
+  assert_int_equal(ms_image_tensor(img, tname(0), &t), 0);
+  assert_int_equal(ms_tensor_descriptor(t, desc, sizeof(desc)), 0);
+  ms_shm_t *other = new_shm();
+  assert_int_equal(ms_tensor_open(other, desc, MS_OPEN_WRITE, &w), MS_EACCES);
+  assert_int_equal(ms_tensor_open(other, desc, 0, &w), 0);
+  assert_int_equal(ms_tensor_is_writable(w), 0);
+  ms_tensor_release(w);
+  ms_shm_destroy(other);
   ms_image_release(img);
   ms_key_destroy(key);
   ms_shm_destroy(shm);
