@@ -1411,11 +1411,13 @@ MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
  *     that was waiting for that build gets the code; the next acquire
  *     builds again (the registry's semantics for loads).
  *
- * Freezing: every process maps the image's data read-only (a write faults
- * with SIGSEGV); the builder's own mapping is made read-only before the
- * image is published.  Named regions cannot be sealed: another process of
- * the same user could still open a tensor's descriptor with MS_OPEN_WRITE
- * (see "Truncation" above for what such a process can do).
+ * Freezing: every tensor is frozen with ms_tensor_freeze() before the
+ * image is published: the builder's own mapping becomes read-only, the
+ * region is never pooled or reused, and opening a tensor's descriptor with
+ * MS_OPEN_WRITE is MS_EACCES; every other process maps the data read-only.
+ * A write through any of these mappings faults (SIGSEGV).  Named regions
+ * cannot be sealed: a process of the same user can still open the object
+ * outside the library (see "Truncation" above).
  *
  * Build errors: a build callback that writes outside its tensors is
  * detected after it returns by a post-build check (no guard pages): the
@@ -1433,15 +1435,19 @@ MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
  * ms_shm_sweep() (images use region prefixes of the form "mi<13 hex>-",
  * reserved for them: do not give an allocator such a prefix).
  *
- * Backends: on named regions (the only backend of this release) the entry
- * and the lock are named objects beside the regions ("msimg-<hash>.idx",
- * "msimg-<hash>.lock") and the entry names the tensors' regions; a process
- * killed at any point leaves only objects ms_image_sweep() removes.  (A
- * memfd region has no name: there, the entry is what makes the image
- * findable, and a tensor stays reachable only while a live process holds
- * its fd, so keep_ms cannot outlive the last process on that backend.)
- * On Windows, objects cannot be listed: ms_image_sweep() finds nothing and
- * an image dies with its last handle.
+ * Backends: an image's tensors are always named regions in the
+ * allocator's namespace, whatever its backend option, and the index entry
+ * and the lock are named objects beside them ("msimg-<hash>.idx",
+ * "msimg-<hash>.lock"): the entry names the regions, so a process that
+ * never met the builder finds them, and keep_ms can outlive every process.
+ * A process killed at any point leaves only objects ms_image_sweep()
+ * removes.  (A memfd region has no name and lives only while some process
+ * holds its descriptor: an index entry could make one findable, but never
+ * keep it past its last process, so images do not use them.)
+ * Windows: a named object dies with its last handle, so an index entry
+ * disappears as soon as no process maps it, and objects cannot be listed
+ * (ms_image_sweep() finds nothing).  Images are not yet usable across
+ * processes there: the code compiles, its tests run on Linux only.
  *
  * Thread safety: every function may be called from any thread; an
  * ms_image_t may be used by several threads at once.  Two threads of one
@@ -1585,7 +1591,7 @@ MS_EXPORT int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed);
  */
 typedef struct ms_image_source {
   size_t struct_size;
-  ms_shm_t *shm;                      /**< allocator of the images */
+  ms_shm_t *shm;                     /**< allocator of the images */
   const ms_image_options_t *options; /**< transform, build, timeout, keep */
 } ms_image_source_t;
 
