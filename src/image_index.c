@@ -115,8 +115,8 @@ size_t ms__img_table_put(unsigned char *out, const char *name, ms_dtype_t dt,
   uint32_t d32 = (uint32_t)dt;
   memcpy(out, &n16, 2);
   out += 2;
-  memcpy(out, name, nl);
-  out += nl;
+  for (size_t i = 0; i < nl; i++) /* not a C string here: no NUL */
+    *out++ = (unsigned char)name[i];
   memcpy(out, &d32, 4);
   out += 4;
   *out++ = (unsigned char)ndim;
@@ -124,7 +124,8 @@ size_t ms__img_table_put(unsigned char *out, const char *name, ms_dtype_t dt,
     memcpy(out, shape, 8 * (size_t)ndim);
   out += 8 * (size_t)ndim;
   *out++ = (unsigned char)dl;
-  memcpy(out, desc, dl);
+  for (size_t i = 0; i < dl; i++)
+    *out++ = (unsigned char)desc[i];
   return total;
 }
 

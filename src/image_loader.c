@@ -40,7 +40,7 @@ int ms_image_loader(const ms_image_source_t *src, ms_loader_t *loader) {
   ms_loader_t l = MS_LOADER_INIT;
   l.load = image_load;
   l.unload = image_unload;
-  l.user = (void *)(uintptr_t)src; /* only read */
+  l.user = (void *)src; /* only read */
   *loader = l;
   return 0;
 }
