@@ -135,7 +135,10 @@ typedef struct acq {
   ms__img_view v;     /* its validated view (when st != 0) */
   unsigned st;        /* 0: no entry, else the entry's state */
   int bad;            /* the entry could not be used: its code */
-  int zero;           /* ... and its header is all zero bytes */
+  int incomplete;     /* ... because it was never finished (W1-W3 store
+                         state last: state 0, or an object not yet sized,
+                         means its writer stopped midway) */
+  char why[160];      /* ... and why */
   uint64_t threshold; /* failures of attempts >= this are ours (E2) */
 } acq;
 
@@ -146,7 +149,7 @@ static void view_reset(acq *a) {
   a->copy = NULL;
   a->st = 0;
   a->bad = 0;
-  a->zero = 0;
+  a->incomplete = 0;
 }
 
 /* Reads the entry into a->v, a->st, a->bad. */
@@ -159,9 +162,10 @@ static void read_index(acq *a) {
   if (rc == MS_ENOENT)
     return;
   if (rc != 0) {
-    a->zero = rc == MS_EBADREGION; /* empty: a creation under way or cut */
-    a->bad = ms__errmsg_set(a->shm, rc, "image index %s: %s", a->idx,
-                            why != NULL ? why : ms_strerror(rc));
+    a->incomplete = rc == MS_EBADREGION; /* not sized yet, or cut short */
+    a->bad = rc;
+    (void)snprintf(a->why, sizeof(a->why), "image index %s: %s", a->idx,
+                   why != NULL ? why : ms_strerror(rc));
     return;
   }
   /* State first (seq_cst), then the copy: a READY or FAILED entry is
@@ -173,22 +177,28 @@ static void read_index(acq *a) {
     memcpy(a->copy, r.base, size);
   ms__region_unmap(&r);
   if (a->copy == NULL) {
-    a->bad = ms__errmsg_set(a->shm, MS_ENOMEM, "out of memory");
+    a->bad = MS_ENOMEM;
+    (void)snprintf(a->why, sizeof(a->why), "out of memory");
     return;
   }
   rc = ms__img_index_parse(a->copy, size, &a->v, &why);
   if (rc != 0) {
-    static const unsigned char zeros[sizeof(ms__img_idx)];
-    a->zero = memcmp(a->copy, zeros, sizeof(zeros)) == 0;
-    a->bad = ms__errmsg_set(a->shm, rc, "image index %s: %s", a->idx,
-                            why != NULL ? why : ms_strerror(rc));
+    uint32_t state = 1;
+    if (size >= sizeof(ms__img_idx))
+      memcpy(&state, (char *)a->copy + offsetof(ms__img_idx, state),
+             sizeof(state));
+    a->incomplete = state == 0;
+    a->bad = rc;
+    (void)snprintf(a->why, sizeof(a->why), "image index %s: %s", a->idx,
+                   why != NULL ? why : ms_strerror(rc));
     return;
   }
   if (!ms__img_key_equal(&a->v, &a->key)) {
-    a->bad = ms__errmsg_set(a->shm, MS_EBADREGION,
-                            "image index %s is for another key (a hash "
-                            "collision or a forgery)",
-                            a->idx);
+    a->bad = MS_EBADREGION;
+    (void)snprintf(a->why, sizeof(a->why),
+                   "image index %s is for another key (a hash collision or "
+                   "a forgery)",
+                   a->idx);
     return;
   }
   a->st = atomic_load(&a->v.hdr.state);
@@ -565,11 +575,11 @@ int ms_image_acquire(ms_shm_t *shm, const ms_key_t *key,
       break;
     }
     if (got == 1) {
-      /* A bad entry with nobody building it: only an empty one is a
-       * creation cut short; anything else is refused. */
-      if (a->bad != 0 && !a->zero) {
+      /* A bad entry with nobody building it: one never finished is a
+       * creation cut short (rebuilt over); anything else is refused. */
+      if (a->bad != 0 && !a->incomplete) {
         lock_release(a);
-        rc = ms__errmsg_set(shm, a->bad, "%s", ms_shm_errmsg(shm));
+        rc = ms__errmsg_set(shm, a->bad, "%s", a->why);
         break;
       }
       read_index(a); /* again, under the lock: it may be READY now */
