@@ -536,6 +536,14 @@ static void test_bad_args(void **state) {
   assert_int_equal(ms_image_acquire(shm, NULL, &o, &img), MS_EINVAL);
   assert_int_equal(ms_image_acquire(shm, key, NULL, &img), MS_EINVAL);
   assert_int_equal(ms_image_acquire(shm, key, &o, NULL), MS_EINVAL);
+  /* A caller built against a later header (a longer struct) works. */
+  struct {
+    ms_image_options_t o;
+    uint64_t later_field;
+  } newer = {o, 12345};
+  newer.o.struct_size = sizeof(newer);
+  assert_int_equal(ms_image_acquire(shm, key, &newer.o, &img), 0);
+  ms_image_release(img);
   ms_image_options_t bad = o;
   bad.struct_size = 8;
   assert_int_equal(ms_image_acquire(shm, key, &bad, &img), MS_EINVAL);

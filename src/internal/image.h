@@ -50,6 +50,10 @@
  * Once READY or FAILED, nothing of an entry changes but `last_used_ms`
  * (a plain clock value any holder may store).  So a reader that loaded
  * READY/FAILED before copying sees a complete entry (or a forgery).
+ *   W4. An entry whose state word is 0, or an object too short or not yet
+ *       backed, was never finished (state is stored last): once the lock
+ *       is free it is rebuilt over.  Any other malformed entry is refused
+ *       (MS_EBADREGION) and left for ms_image_sweep().
  *
  * ELECTION.  The lock object's word is 0 (free), the liveness token of the
  * allocator whose process builds (internal/shm.h, "Liveness": the kernel
@@ -83,8 +87,11 @@
  * image is unusable) and ms_image_sweep() sweep P, and the latter spares
  * a READY image while a live process holds it or for keep_ms after
  * last_used_ms (stored at every acquire and release).
- * A consumer's tensors are read-only mappings; the builder's own mapping
- * is made read-only (mprotect) before the entry is published.
+ * The builder's regions are its allocator's own (own = 1 in its table of
+ * mappings, so ms_tensor_freeze() accepts them) but charged to no quota,
+ * created with no MS__POOLED flag and frozen before the entry is
+ * published (I9: never pooled, never recycled, MS_OPEN_WRITE refused, the
+ * builder's mapping read-only).  Consumers open them read-only.
  */
 #ifndef MS_INTERNAL_IMAGE_H
 #define MS_INTERNAL_IMAGE_H
