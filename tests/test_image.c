@@ -115,13 +115,27 @@ static ms_image_options_t opts_of(spec *s) {
   return o;
 }
 
-static ms_shm_t *new_shm(void) {
+/* Allocators of mixed configurations (prefix, pool, open cache): what an
+ * image does never depends on the configuration of the process asking. */
+static ms_shm_t *new_shm_cfg(unsigned v) {
+  static const struct {
+    const char *prefix;
+    uint64_t pool;
+    uint32_t cache;
+  } cfg[4] = {{"ti-", 256u << 20, 64},
+              {"tj_", 0, 0},
+              {"tk-", 1u << 20, 1},
+              {"ti-", 0, 64}};
   ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
   o.dir = ns_dir;
-  o.prefix = "ti-";
+  o.prefix = cfg[v % 4].prefix;
+  o.pool_bytes = cfg[v % 4].pool;
+  o.open_cache = cfg[v % 4].cache;
   ms_shm_t *shm = NULL;
   return ms_shm_create(&o, &shm) == 0 ? shm : NULL;
 }
+
+static ms_shm_t *new_shm(void) { return new_shm_cfg(0); }
 
 static ms_key_t *new_key(void) {
   ms_key_t *k = NULL;
@@ -153,7 +167,7 @@ static int image_check(const ms_image_t *img, const spec *s, uint64_t *sum) {
 /* Child body: acquire, check, record the checksum, release.  Exit status
  * 0 ok, 1 setup, 2 bad content, 100 + -rc acquire error. */
 static int child_acquire(spec *s, int idx) {
-  ms_shm_t *shm = new_shm();
+  ms_shm_t *shm = new_shm_cfg(s->seed + (unsigned)idx);
   ms_key_t *key = new_key();
   if (shm == NULL || key == NULL)
     return 1;
