@@ -1511,7 +1511,8 @@ typedef struct ms_image_options {
  *   MS_ETIMEDOUT (another process is still building), MS_EBADREGION (a
  *   malformed, forged or colliding index entry or image tensor; or a
  *   build callback that wrote outside its tensors), MS_EACCES (another
- *   user's entry), MS_EBUSY (64 processes hold the image already), the
+ *   user's entry), MS_EBUSY (64 processes hold the image already),
+ *   MS_EDEADLK (a build callback asked for the image it is building), the
  *   build callback's code (also when another process's build failed
  *   while we waited), MS_ENOSPC, MS_ENOMEM, MS_EIO.
  *   ms_shm_errmsg(shm) says what.

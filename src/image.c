@@ -410,6 +410,21 @@ static void builder_free(ms_image_builder_t *b) {
   ms__free(b->parts);
 }
 
+/* The keys this thread is building (nested builds of other keys are
+ * fine; asking for one's own key would wait for itself). */
+typedef struct building {
+  const char *hex;
+  const struct building *outer;
+} building;
+static _Thread_local const building *builds_here;
+
+static int building_here(const char *hex) {
+  for (const building *b = builds_here; b != NULL; b = b->outer)
+    if (strcmp(b->hex, hex) == 0)
+      return 1;
+  return 0;
+}
+
 /* Runs the build with the lock held (E1-E3).  The lock is released. */
 static int build(acq *a, ms_image_t **out) {
   uint64_t attempt = (a->st != 0 ? a->v.hdr.attempt : 0) + 1;
@@ -431,7 +446,10 @@ static int build(acq *a, ms_image_t **out) {
   if (a->o.keep_ms > 0 && b.keeper == 0)
     rc = ms__errmsg_set(a->shm, MS_EIO, "no random bytes for a keeper token");
   if (rc == 0) {
+    building me = {a->hex, builds_here};
+    builds_here = &me;
     rc = a->o.build(&b, a->key.path, a->key.config, a->o.user);
+    builds_here = me.outer;
     if (rc > 0)
       rc = MS_ELOAD;
     if (rc != 0)
@@ -544,6 +562,9 @@ int ms_image_acquire(ms_shm_t *shm, const ms_key_t *key,
   if (rc == 0) {
     ms__img_hash(&a->key, a->hex);
     ms__img_names(a->hex, a->idx, a->lock, a->prefix);
+    if (building_here(a->hex))
+      rc = ms__errmsg_set(shm, MS_EDEADLK,
+                          "a build callback asked for the image it builds");
   }
 
   const uint64_t start = uv_hrtime();

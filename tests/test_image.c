@@ -617,6 +617,37 @@ static int build_badshape(ms_image_builder_t *b, const char *p, const char *c,
   return rc == MS_EINVAL ? MS_ECANCELED : MS_EIO;
 }
 
+/* A build that asks for its own image (MS_EDEADLK), then for another
+ * key's (a nested build). */
+static int build_nested(ms_image_builder_t *b, const char *p, const char *c,
+                        void *u) {
+  (void)p, (void)c;
+  ms_shm_t *shm = u;
+  ms_key_t *key = new_key();
+  ms_image_options_t o = MS_IMAGE_OPTIONS_INIT;
+  o.transform_id = "rules";
+  o.transform_version = "nested";
+  o.build = build_nested;
+  o.user = shm;
+  ms_image_t *img = NULL;
+  int rc = ms_image_acquire(shm, key, &o, &img);
+  if (rc == MS_EDEADLK) { /* our own key: refused; another: built */
+    spec s = {.seed = 7, .elems = 64, .version = "inner"};
+    ms_image_options_t inner = opts_of(&s);
+    rc = ms_image_acquire(shm, key, &inner, &img);
+    if (rc == 0)
+      rc = image_check(img, &s, NULL) == 0 ? 0 : MS_EIO;
+    ms_image_release(img);
+  } else {
+    rc = MS_EIO;
+  }
+  ms_key_destroy(key);
+  int64_t shape[1] = {4};
+  void *d;
+  return rc != 0 ? rc
+                 : ms_image_builder_add(b, "x", MS_DTYPE_INT8, shape, 1, &d);
+}
+
 static void test_builder_rules(void **state) {
   (void)state;
   ms_shm_t *shm = new_shm();
@@ -630,6 +661,11 @@ static void test_builder_rules(void **state) {
   assert_int_equal(ms_image_acquire(shm, key, &o, &img), MS_EINVAL);
   o.build = build_badshape;
   assert_int_equal(ms_image_acquire(shm, key, &o, &img), MS_ECANCELED);
+  o.build = build_nested;
+  o.transform_version = "nested";
+  o.user = shm;
+  assert_int_equal(ms_image_acquire(shm, key, &o, &img), 0);
+  ms_image_release(img);
   ms_key_destroy(key);
   ms_shm_destroy(shm);
   assert_clean();
