@@ -1,9 +1,10 @@
 /*
  * Host-scope images: one frozen copy of a model's transformed weights per
  * machine (include/modelshare.h, "Host-scope images").  image_index.c (the
- * index entry's layout and its validator), image.c (acquire, election,
- * waiting, accessors), image_build.c (the builder's tensors, the overrun
- * check, freezing), image_sweep.c (reclaiming), image_loader.c (registry).
+ * index entry's layout and its validator), image_acquire.c (reading
+ * entries, election, waiting, publishing), image.c (the handle),
+ * image_build.c (the builder's tensors, the overrun check, freezing),
+ * image_sweep.c (reclaiming), image_loader.c (registry).
  *
  * THE KEY.  Bytes hashed, in this order, each string with its NUL:
  *   canonical path, canonical config (model_key.c: ms_key_t), transform id,
@@ -212,9 +213,32 @@ void ms__img_builder_discard(ms_image_builder_t *b);
 /* ms__sweep_locked() on shm's namespace for the regions of prefix. */
 int ms__img_sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *n);
 
-/* ---- image.c ---- */
+/* ---- image.c: the handle ---- */
+typedef struct ms__img_tensor {
+  const char *name; /* into ms_image.names */
+  ms_tensor_t *t;
+} ms__img_tensor;
+
+struct ms_image {
+  ms_shm_t *shm;
+  ms__img_tensor *e; /* sorted by name (strcmp) */
+  size_t n;
+  char *names;
+  uint64_t bytes;
+  uint64_t keep_ms;
+  int built;
+  char idx[64];
+};
+
+/* An image of n tensors whose names take name_bytes in all (calloc'd e,
+ * malloc'd names), or NULL. */
+ms_image_t *ms__img_new(ms_shm_t *shm, size_t n, size_t name_bytes);
+/* Stores the wall clock in the entry's last_used_ms (keep_ms). */
+void ms__img_touch(ms_shm_t *shm, const char *idx);
+uint64_t ms__img_now_ms(void);
+
+/* ---- image_acquire.c ---- */
 /* Maps the lock object `name`, creating it if missing. */
 int ms__img_lock_map(ms_shm_t *shm, const char *name, ms__region *r);
-uint64_t ms__img_now_ms(void);
 
 #endif
