@@ -52,6 +52,7 @@ int msb_shm(const msb_opts *o, cJSON *root);
 int msb_vision(const msb_opts *o, cJSON *root);
 int msb_python(const msb_opts *o, cJSON *root); /* bench_python.c */
 int msb_channel(const msb_opts *o, cJSON *root);
+int msb_weights(const msb_opts *o, cJSON *root); /* bench_weights.c */
 
 /* The consumer process of the shm and vision scenarios. */
 int msb_consumer_main(void);

@@ -37,6 +37,8 @@ static const char usage[] =
     "                     python    the Python package vs Python's\n"
     "                               multiprocessing.shared_memory\n"
     "                     channel   descriptor channel latency, idle CPU\n"
+    "                     weights   4 workers sharing one 256 MiB host\n"
+    "                               image of dequantized weights vs private\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -228,7 +230,8 @@ int main(int argc, char **argv) {
     int (*run)(const msb_opts *, cJSON *);
   } scenarios[] = {{"registry", msb_registry}, {"dedup", msb_dedup},
                    {"shm", msb_shm},           {"vision", msb_vision},
-                   {"python", msb_python},     {"channel", msb_channel}};
+                   {"python", msb_python},     {"channel", msb_channel},
+                   {"weights", msb_weights}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;

@@ -627,6 +627,38 @@ MS_EXPORT void ms_tensor_release(ms_tensor_t *t);
  */
 MS_EXPORT int ms_tensor_descriptor(const ms_tensor_t *t, char *buf, size_t len);
 
+/**
+ * Makes a tensor allocated by ms_tensor_alloc() read-only for good, for
+ * data that never changes again (weights, a host image).  Call it once the
+ * data is written.  Afterwards t is no longer writable (writing through
+ * ms_tensor_data() faults, ms_tensor_is_writable() is 0), opening its
+ * descriptor with MS_OPEN_WRITE fails with MS_EACCES, and its region is
+ * never pooled: at its last release it is unlinked (named) or dropped
+ * (memfd), never reused for another tensor.  Freezing a frozen tensor does
+ * nothing and returns 0.
+ *
+ * What enforces it depends on the backend:
+ *   - memfd (Linux): the region is sealed with F_SEAL_FUTURE_WRITE (then
+ *     F_SEAL_SEAL): the kernel refuses every later writable mapping and
+ *     write() by any process, so the bytes cannot change through a mapping
+ *     made after the freeze.  Mappings made before it keep their access
+ *     (the kernel does not revoke them): freeze before handing the
+ *     descriptor to anyone who opens it with MS_OPEN_WRITE.  Consumers of a
+ *     frozen memfd map it read-only and take no holder slot (nobody can
+ *     write the header any more): their mappings keep the bytes alive, but
+ *     the descriptor opens only while the creator still holds the tensor.
+ *   - named regions (and Win32): weaker.  The creator's mapping becomes
+ *     read-only and the library refuses MS_OPEN_WRITE, but any process of
+ *     the same user can still open the object writable or truncate it
+ *     outside the library.
+ * Errors: MS_EINVAL (NULL, a heap tensor, a tensor this process opened
+ *   rather than allocated, or its allocator was inherited across fork()),
+ *   MS_EIO (the kernel refused the seal or mprotect; t is then unchanged
+ *   and still writable).  Thread-safe, but no other thread may be writing
+ *   t's data meanwhile.  Since 1.2.
+ */
+MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
+
 /* ------------------------------------------------------------------------ */
 /* Shared-memory allocator                                                   */
 /* ------------------------------------------------------------------------ */
@@ -747,12 +779,24 @@ typedef struct ms_shm_options {
    *  ms_tensor_open() accepts; -1 (default) = none.  Ignored on Windows,
    *  where the DACL decides. */
   int64_t allowed_uid;
+  /* ---- 1.2 ---- */
+  /** Where this allocator creates its regions: MS_SHM_BACKEND_NAMED
+   *  (default), MS_SHM_BACKEND_MEMFD or MS_SHM_BACKEND_AUTO; see "Backends"
+   *  above.  Opening descriptors works whatever the value. */
+  uint32_t backend;
+  /** Reserved (tail padding): ignored, set it to 0. */
+  uint32_t reserved1;
 } ms_shm_options_t;
+
+/** Values of ms_shm_options_t.backend. */
+#define MS_SHM_BACKEND_NAMED 0u /**< named objects (shm_open / dir), ms1: */
+#define MS_SHM_BACKEND_MEMFD 1u /**< sealed memfds (Linux only), ms2: */
+#define MS_SHM_BACKEND_AUTO 2u  /**< memfd where ms_capabilities() proves it */
 
 #define MS_SHM_OPTIONS_INIT                                                    \
   {                                                                            \
     sizeof(ms_shm_options_t), NULL, NULL, 0, 0, 256u << 20, 64, 0, 1ull << 30, \
-        -1                                                                     \
+        -1, MS_SHM_BACKEND_NAMED, 0                                            \
   }
 
 /**
@@ -859,10 +903,17 @@ typedef struct ms_capabilities_s {
   uint64_t shm_total_bytes; /**< its size */
   uint64_t page_size;
   uint64_t max_region_bytes; /**< the largest region that fits now */
+  /* ---- 1.2 ---- */
+  /** 1 if a sealed memfd region could be created here (Linux). */
+  uint32_t memfd_available;
+  /** 1 if another process could reopen it through /proc/<pid>/fd (proved
+   *  by a forked child, once per process): MS_SHM_BACKEND_AUTO then picks
+   *  memfd.  0 where /proc is missing or hardened, and off Linux. */
+  uint32_t memfd_reopen;
 } ms_capabilities_t;
 
 #define MS_CAPABILITIES_INIT                                                   \
-  { sizeof(ms_capabilities_t), 0, 0, 0, 0, 0 }
+  { sizeof(ms_capabilities_t), 0, 0, 0, 0, 0, 0, 0 }
 
 /**
  * Probes shared memory in dir (NULL: the default namespace) by creating,
@@ -1337,6 +1388,248 @@ MS_EXPORT int ms_registry_timer_start(ms_registry_t *reg,
  * (no timer).  Call from the loop's thread.
  */
 MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
+
+/* ------------------------------------------------------------------------ */
+/* Host-scope images                                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A host image is a read-only set of named tensors (the shape of a
+ * safetensors file) in shared memory: a model's weights after a transform
+ * (dequantised, repacked, transposed...), made once per machine and mapped
+ * read-only by every process that asks for the same key.
+ *
+ * Key: the model key (ms_key_t: canonical path + canonical config), the
+ * source file's identity (device, inode, size and modification time of the
+ * key's path, read at every acquire: an edited or replaced file makes a new
+ * image), and the caller's transform id and version.  They are hashed (128
+ * bits) to name the image's index entry "msimg-<32 hex>.idx" in the
+ * allocator's namespace; the entry holds the full key, so a hash collision
+ * or a forged entry is MS_EBADREGION, never another model's weights.
+ *
+ * Acquiring: the first process to ask (it wins a per-key lock held through
+ * its allocator's liveness token, which the kernel drops if it dies) runs
+ * the build callback, which allocates and fills the image's tensors with
+ * ms_image_builder_add().  The tensors are then checked (see below) and
+ * frozen, and only then is the entry published READY.  Every other
+ * process, concurrent or later, waits up to its timeout (sleeping, with a
+ * backoff from 1 to 32 ms) and maps the finished image: nobody ever sees a
+ * partial one.
+ *   - A builder that dies mid-build leaves a CREATING entry and a dead
+ *     lock: the next waiter discards its half-made tensors and builds.
+ *   - A build that fails publishes FAILED with its code: every process
+ *     that was waiting for that build gets the code; the next acquire
+ *     builds again (the registry's semantics for loads).
+ *
+ * Freezing: every tensor is frozen with ms_tensor_freeze() before the
+ * image is published: the builder's own mapping becomes read-only, the
+ * region is never pooled or reused, and opening a tensor's descriptor with
+ * MS_OPEN_WRITE is MS_EACCES; every other process maps the data read-only.
+ * A write through any of these mappings faults (SIGSEGV).  Named regions
+ * cannot be sealed: a process of the same user can still open the object
+ * outside the library (see "Truncation" above).
+ *
+ * Build errors: a build callback that writes outside its tensors is
+ * detected after it returns by a post-build check (no guard pages): the
+ * bytes after each tensor's data up to the end of its region (at least 64
+ * bytes, filled with a pattern at allocation) and its region header must
+ * be unchanged; otherwise the build fails with MS_EBADREGION.  Writes that
+ * land further away hit other memory and cannot be detected.
+ *
+ * Lifetime: each process that acquired the image holds every tensor of it
+ * (the allocator's holder protocol), so the image lives while any process
+ * holds it; without keep_ms it goes with its last holder.  With keep_ms,
+ * an image nobody holds stays mapped-able (a restarting worker finds it)
+ * until ms_image_sweep() runs keep_ms after its last release.  Images of
+ * processes that died are reclaimed by ms_image_sweep(), never by
+ * ms_shm_sweep() (images use region prefixes of the form "mi<13 hex>-",
+ * reserved for them: do not give an allocator such a prefix).
+ *
+ * Backends: an image's tensors are always named regions in the
+ * allocator's namespace, whatever its backend option, and the index entry
+ * and the lock are named objects beside them ("msimg-<hash>.idx",
+ * "msimg-<hash>.lock"): the entry names the regions, so a process that
+ * never met the builder finds them, and keep_ms can outlive every process.
+ * A process killed at any point leaves only objects ms_image_sweep()
+ * removes.  (A memfd region has no name and lives only while some process
+ * holds its descriptor: an index entry could make one findable, but never
+ * keep it past its last process, so images do not use them.)
+ * Windows: a named object dies with its last handle, so an index entry
+ * disappears as soon as no process maps it, and objects cannot be listed
+ * (ms_image_sweep() finds nothing).  Images are not yet usable across
+ * processes there: the code compiles, its tests run on Linux only.
+ *
+ * Thread safety: every function may be called from any thread; an
+ * ms_image_t may be used by several threads at once.  Two threads of one
+ * process acquiring the same key through one allocator build once (the
+ * second waits).  For sharing within one process, put images in a registry
+ * (ms_image_loader()): the registry deduplicates within the process, the
+ * image across processes.
+ */
+typedef struct ms_image ms_image_t;
+typedef struct ms_image_builder ms_image_builder_t;
+
+/** Longest tensor name in an image, in bytes. */
+#define MS_IMAGE_NAME_MAX 255
+/** Most tensors an image may have. */
+#define MS_IMAGE_MAX_TENSORS 65536
+
+/**
+ * Builds an image: allocate every tensor with ms_image_builder_add() and
+ * fill it.  path and config_json are the key's canonical strings.  Runs in
+ * the electing process, on the calling thread of ms_image_acquire(), with
+ * no library lock held.  Return 0, or a negative code that every waiter
+ * for this build receives (a positive return is MS_ELOAD).  An image with
+ * no tensor is MS_EINVAL.  Must return (no longjmp, no thread exit).
+ */
+typedef int (*ms_image_build_fn)(ms_image_builder_t *b, const char *path,
+                                 const char *config_json, void *user);
+
+/** Options of ms_image_acquire().  Initialise with MS_IMAGE_OPTIONS_INIT. */
+typedef struct ms_image_options {
+  size_t struct_size;
+  /** The transform's name: 1 to 64 bytes of [A-Za-z0-9._-].  Required. */
+  const char *transform_id;
+  /** Its version (same charset, 0 to 64 bytes; NULL is "").  Change it
+   *  whenever the transform's output changes. */
+  const char *transform_version;
+  /** Builds the image on a miss.  Required. */
+  ms_image_build_fn build;
+  /** Passed to build unchanged. */
+  void *user;
+  /** How long to wait for another process's build, in ms
+   *  (MS_WAIT_FOREVER: no limit; 0: do not wait).  A builder's own build
+   *  is not bounded.  Default MS_WAIT_FOREVER. */
+  uint64_t timeout_ms;
+  /** Keep the image this many ms after its last release (0, the default:
+   *  it goes with its last holder).  The builder's value is the image's. */
+  uint64_t keep_ms;
+} ms_image_options_t;
+
+#define MS_IMAGE_OPTIONS_INIT                                                  \
+  { sizeof(ms_image_options_t), NULL, NULL, NULL, NULL, MS_WAIT_FOREVER, 0 }
+
+/**
+ * Acquires the host image of (key, the key's source file, transform) in
+ * shm's namespace, building it with options->build if no process has.
+ * On success *out holds the image: every tensor mapped read-only and held;
+ * release it with ms_image_release().  shm must outlive it.
+ * Errors: MS_EINVAL (NULL argument, options struct_size below its first
+ *   size, no build function, a transform id or version that is empty,
+ *   too long or outside the charset, shm inherited across fork()),
+ *   MS_ENOENT (the key's path is not a file that can be stat()ed),
+ *   MS_ETIMEDOUT (another process is still building), MS_EBADREGION (a
+ *   malformed, forged or colliding index entry or image tensor; or a
+ *   build callback that wrote outside its tensors), MS_EACCES (another
+ *   user's entry), MS_EBUSY (64 processes hold the image already),
+ *   MS_EDEADLK (a build callback asked for the image it is building), the
+ *   build callback's code (also when another process's build failed
+ *   while we waited), MS_ENOSPC, MS_ENOMEM, MS_EIO.
+ *   ms_shm_errmsg(shm) says what.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_image_acquire(ms_shm_t *shm, const ms_key_t *key,
+                               const ms_image_options_t *options,
+                               ms_image_t **out);
+
+/**
+ * From inside a build callback: allocates tensor `name` of the image
+ * (C-contiguous, ndim 0..MS_MAX_NDIM, shape as ms_tensor_alloc()) and sets
+ * *data to its bytes, writable until the callback returns and read-only
+ * afterwards.  The bytes start unspecified; write exactly
+ * ms_dtype_size(dtype) x the shape's product of them.
+ * name: 1..MS_IMAGE_NAME_MAX bytes, unique in the image (a name used
+ *   twice fails the acquire with MS_EINVAL when the callback returns).
+ * Errors: MS_EINVAL (NULL argument, bad name, bad dtype, ndim or shape,
+ *   more than MS_IMAGE_MAX_TENSORS tensors), MS_ERANGE,
+ *   MS_ENOSPC, MS_ENOMEM, MS_EIO.  Return the code from the callback (or
+ *   handle it).  Use b only from the callback's thread, during the call.
+ */
+MS_EXPORT int ms_image_builder_add(ms_image_builder_t *b, const char *name,
+                                   ms_dtype_t dtype, const int64_t *shape,
+                                   int ndim, void **data);
+
+/**
+ * Finds tensor `name` of img.  *out is owned by img (read-only data, valid
+ * until ms_image_release(img)); ms_tensor_retain() it to keep it longer
+ * (the allocator passed to ms_image_acquire() must then outlive it).
+ * Errors: MS_EINVAL (NULL argument), MS_ENOENT (no such tensor).
+ * Thread-safe; a lookup is a binary search, no allocation.
+ */
+MS_EXPORT int ms_image_tensor(const ms_image_t *img, const char *name,
+                              ms_tensor_t **out);
+
+/**
+ * Calls fn for every tensor of img in name order (bytewise), with the
+ * tensor owned by img.  Stops and returns fn's value when it is non-zero.
+ * Errors: MS_EINVAL (NULL img or fn).  Thread-safe.
+ */
+MS_EXPORT int ms_image_foreach(const ms_image_t *img,
+                               int (*fn)(const char *name, ms_tensor_t *t,
+                                         void *user),
+                               void *user);
+
+/** Number of tensors of img (0 for NULL). */
+MS_EXPORT size_t ms_image_count(const ms_image_t *img);
+/** Sum of the tensors' data sizes, in bytes (0 for NULL). */
+MS_EXPORT uint64_t ms_image_bytes(const ms_image_t *img);
+/** 1 if this call of ms_image_acquire() ran the build, else 0. */
+MS_EXPORT int ms_image_built_here(const ms_image_t *img);
+
+/**
+ * Releases img: this process's hold on every tensor of it (tensors the
+ * caller retained stay held).  The last holder on the host unlinks the
+ * image unless keep_ms keeps it.  NULL is a no-op.  Thread-safe, but img
+ * must not be used after this call.
+ */
+MS_EXPORT void ms_image_release(ms_image_t *img);
+
+/**
+ * Reclaims images in shm's namespace: index entries of builds whose
+ * builder died or that failed, images no live process holds (READY images
+ * with keep_ms only once keep_ms has passed since their last release), and
+ * leftovers of builders killed at any point.  Never touches an image a
+ * live process holds or builds.  *reclaimed (may be NULL) gets the number
+ * of objects unlinked.  Run it from a supervisor, or at start-up.
+ * Errors: MS_EINVAL (NULL shm, or inherited across fork()), MS_EIO (the
+ *   namespace cannot be listed), MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed);
+
+/**
+ * Where an ms_image_loader() loads from.  Initialise with
+ * MS_IMAGE_SOURCE_INIT.  It must outlive every model loaded through the
+ * loader (the registry calls unload with it).
+ */
+typedef struct ms_image_source {
+  size_t struct_size;
+  ms_shm_t *shm;                     /**< allocator of the images */
+  const ms_image_options_t *options; /**< transform, build, timeout, keep */
+} ms_image_source_t;
+
+#define MS_IMAGE_SOURCE_INIT                                                   \
+  { sizeof(ms_image_source_t), NULL, NULL }
+
+/**
+ * Fills *loader so that an ms_registry_acquire() miss acquires the host
+ * image of (path, config) with src: the model is the ms_image_t (cast
+ * ms_model_get()'s pointer), its bytes ms_image_bytes(), and the registry's
+ * unload releases it.  The nodes of one process then share one handle
+ * (the registry) and the processes of one host one copy (the image):
+ *
+ *     ms_image_source_t src = MS_IMAGE_SOURCE_INIT;
+ *     src.shm = shm; src.options = &opts;
+ *     ms_loader_t ld;
+ *     ms_image_loader(&src, &ld);
+ *     ms_registry_acquire(reg, "/models/w.safetensors", "{}", &ld,
+ *                         MS_WAIT_FOREVER, &model);
+ *     ms_image_t *img = ms_model_get(model);
+ *
+ * Errors: MS_EINVAL (NULL argument, struct_size below the first size, NULL
+ *   shm or options).  The load's errors are ms_image_acquire()'s.
+ */
+MS_EXPORT int ms_image_loader(const ms_image_source_t *src,
+                              ms_loader_t *loader);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -108,6 +108,8 @@ void ms__cache_put(ms_shm_t *shm, ms__map *m) {
 }
 
 void ms__after_last_clear(ms_shm_t *shm, ms__map *m) {
+  if (m->region.readonly) /* a frozen memfd: we held no slot (I9) */
+    return;
   if (!ms__life_free(m->hdr) || m->own)
     return; /* others hold it, or its creator decides (pool_refresh) */
   /* We freed another process's region.  Its creator reuses it only if it
@@ -210,19 +212,28 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
       return life_refusal(shm, name, life, gen);
     }
   }
+  uint32_t hflags;
+  memcpy(&hflags, &m->hdr->flags, sizeof(hflags)); /* untrusted, advisory */
+  if (rc == 0 && writable && (m->region.readonly || (hflags & MS__FROZEN)))
+    rc = MS_EACCES;
   if (rc != 0) {
     ms__free(t);
     if (m->handles == 0 && !m->in_lru)
       ms__map_drop(shm, m);
     return ms__errmsg_set(shm, rc, "region %s: %s", name,
                           rc == MS_EBADREGION ? "malformed or hostile header"
-                                              : ms_strerror(rc));
+                          : rc == MS_EACCES
+                              ? "frozen by its creator: read-only opens only"
+                              : ms_strerror(rc));
   }
 
   if (m->handles == 0) {
-    int slot = ms__slot_claim(m->hdr, shm->token);
+    /* A region sealed against writes (frozen memfd) cannot take our slot:
+     * we hold it through our mapping alone (I9). */
+    const int ro = m->region.readonly;
+    int slot = ro ? -1 : ms__slot_claim(m->hdr, shm->token);
     uint64_t life = atomic_load(&m->hdr->life); /* after the claim: I1 */
-    if (slot < 0)
+    if (slot < 0 && !ro)
       rc = ms__errmsg_set(shm, MS_EBUSY, "region %s has %d holders", name,
                           MS__SLOTS);
     else if (life != MS__LIFE(gen, MS__LIVE))

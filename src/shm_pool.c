@@ -92,7 +92,7 @@ void ms__pool_refresh(ms_shm_t *shm) {
           ms__map_drop(shm, m);
         } else if (st == MS__FREE) {
           uncharge(shm, m);
-          if (pooled + m->region.size <= shm->pool_bytes)
+          if (!m->frozen && pooled + m->region.size <= shm->pool_bytes)
             pooled += m->region.size;
           else if (ms__region_kill(shm, m->hdr, m->name))
             ms__map_drop(shm, m);
@@ -359,7 +359,7 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
     if (rc != 0 || shm->token == 0)
       continue;
     ms__token_name(shm->token_name, sizeof(shm->token_name), shm->token);
-    rc = ms__token_acquire(shm->ns, shm->token_name, &shm->tok);
+    rc = ms__token_acquire(shm->ns, shm->token_name, 0, &shm->tok);
     if (rc == 0)
       break;
   }

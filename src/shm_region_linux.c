@@ -27,6 +27,9 @@
 #ifndef MAP_POPULATE
 #define MAP_POPULATE 0
 #endif
+#ifndef F_SEAL_FUTURE_WRITE /* Linux 5.1; older headers */
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
 
 /* Where Linux exposes shm_open()'s namespace, for listing and statvfs. */
 #define SHM_DIR "/dev/shm"
@@ -233,6 +236,7 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
   out->base = base;
   out->size = size;
   out->handle = -1; /* the mapping keeps the object alive; no fd kept */
+  out->readonly = 0;
   return 0;
 }
 
@@ -277,6 +281,7 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
   out->base = base;
   out->size = size;
   out->handle = -1; /* the mapping keeps the object alive; no fd kept */
+  out->readonly = 0;
   return 0;
 }
 
@@ -290,10 +295,30 @@ int ms__region_protect(ms__region *r, size_t from, int writable) {
 }
 
 void ms__region_unmap(ms__region *r) {
-  if (r->base != NULL)
+  if (r->base != NULL) {
     (void)munmap(r->base, r->size);
+    if (r->handle >= 0) /* a memfd creator's descriptor */
+      close((int)r->handle);
+  }
   r->base = NULL;
   r->size = 0;
+  r->handle = -1;
+}
+
+int ms__region_freeze(ms__region *r, size_t from) {
+  int rc = ms__region_protect(r, from, 0);
+  if (rc != 0 || r->handle < 0)
+    return rc; /* a named object cannot be sealed: the mapping only */
+  /* A memfd: no process may map it writable or write() it any more.  Our
+   * own read-write mapping of the header stays (the holder slots), and the
+   * data part of it is read-only now. */
+  if (fcntl((int)r->handle, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0) {
+    rc = err_of(errno);
+    (void)ms__region_protect(r, from, 1);
+    return rc == MS_EACCES ? MS_EIO : rc;
+  }
+  (void)fcntl((int)r->handle, F_ADD_SEALS, F_SEAL_SEAL);
+  return 0;
 }
 
 int ms__region_unlink(const ms__ns *ns, const char *name) {
@@ -317,7 +342,9 @@ static int same_object(const ms__ns *ns, const char *name, int fd) {
   return same;
 }
 
-int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
+int ms__token_acquire(const ms__ns *ns, const char *name, unsigned flags,
+                      ms__token *out) {
+  (void)flags;
   (void)pthread_mutex_lock(&tokens_lock);
   int fd = ns_open_fd(ns, name, O_RDWR | O_CREAT | O_EXCL, 0600);
   int rc = fd < 0 ? err_of(errno) : 0;

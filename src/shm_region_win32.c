@@ -165,6 +165,7 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
   out->base = base;
   out->size = size;
   out->handle = (intptr_t)h;
+  out->readonly = 0;
   return 0;
 }
 
@@ -195,6 +196,7 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
   out->base = base;
   out->size = mbi.RegionSize;
   out->handle = (intptr_t)h;
+  out->readonly = 0;
   return 0;
 }
 
@@ -223,8 +225,35 @@ int ms__region_unlink(const ms__ns *ns, const char *name) {
   return 0; /* the mapping dies with its last handle */
 }
 
-int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out) {
-  (void)ns;
+/* A section cannot be shrunk under its views, and views cannot be sealed:
+ * freezing makes this view read-only. */
+int ms__region_freeze(ms__region *r, size_t from) {
+  return ms__region_protect(r, from, 0);
+}
+
+/* No memfd here, and none needed: see "Backends" in modelshare.h. */
+int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
+                           int64_t *fd) {
+  (void)size, (void)out, (void)pid, (void)fd;
+  return MS_ENOTSUP;
+}
+
+int ms__region_open_anon(int64_t pid, int64_t fd, size_t min_size,
+                         int64_t allowed_uid, ms__region *out,
+                         const char **why) {
+  (void)pid, (void)fd, (void)min_size, (void)allowed_uid, (void)out;
+  *why = "memfd regions exist on Linux only";
+  return MS_ENOTSUP;
+}
+
+int ms__anon_probe(int *made) {
+  *made = 0;
+  return 0;
+}
+
+int ms__token_acquire(const ms__ns *ns, const char *name, unsigned flags,
+                      ms__token *out) {
+  (void)ns, (void)flags;
   wchar_t wname[160];
   SECURITY_ATTRIBUTES sa;
   PSECURITY_DESCRIPTOR sd = NULL;

@@ -627,6 +627,64 @@ static void test_open_cache_and_writable(void **state) {
   assert_int_equal(ms_shm_destroy(prod), 0);
 }
 
+/* Writing through p in a forked child: 1 if it faulted. */
+static int write_faults(unsigned char *p) {
+  fflush(stdout);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    signal(SIGBUS, SIG_DFL);
+    p[0] ^= 1;
+    _exit(0);
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  return WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+}
+
+static void test_freeze(void **state) {
+  (void)state;
+  ms_shm_t *prod = new_shm(64 << 20), *cons = new_shm(0);
+  ms_tensor_t *t = alloc_u8(prod, 3 * 4096), *a = NULL, *w = NULL;
+  unsigned char *p = ms_tensor_data(t);
+  for (size_t i = 0; i < 3 * 4096; i++)
+    p[i] = (unsigned char)(i * 7);
+  char desc[MS_DESCRIPTOR_MAX];
+  descriptor(t, desc);
+  assert_int_equal(ms_tensor_freeze(NULL), MS_EINVAL);
+  assert_int_equal(ms_tensor_freeze(t), 0);
+  assert_int_equal(ms_tensor_freeze(t), 0); /* idempotent */
+  assert_int_equal(ms_tensor_is_writable(t), 0);
+  assert_true(write_faults(p));
+  assert_int_equal(ms_tensor_open(cons, desc, MS_OPEN_WRITE, &w), MS_EACCES);
+  assert_null(w);
+  assert_int_equal(ms_tensor_open(cons, desc, 0, &a), 0);
+  assert_int_equal(ms_tensor_freeze(a), MS_EINVAL); /* not its creator */
+  const unsigned char *q = ms_tensor_data(a);
+  for (size_t i = 0; i < 3 * 4096; i++)
+    assert_int_equal(q[i], (unsigned char)(i * 7));
+  assert_true(write_faults((unsigned char *)q));
+  /* Never pooled: the next allocation of the same size is a new region,
+   * and once both handles are gone nothing is left. */
+  ms_tensor_release(t);
+  ms_tensor_t *t2 = alloc_u8(prod, 3 * 4096);
+  assert_ptr_not_equal(ms_tensor_data(t2), p);
+  ms_tensor_release(a);
+  ms_tensor_release(t2);
+  ms_shm_stats_t s = MS_SHM_STATS_INIT;
+  assert_int_equal(ms_shm_stats(prod, &s), 0);
+  assert_int_equal(s.pool_hits, 0);
+  assert_int_equal(s.regions_pooled, 1); /* t2's, not the frozen one */
+  ms_tensor_t *h = NULL;
+  int64_t shape = 4;
+  assert_int_equal(ms__tensor_new_heap(MS_DTYPE_UINT8, 1, &shape, &h), 0);
+  assert_int_equal(ms_tensor_freeze(h), MS_EINVAL);
+  ms_tensor_release(h);
+  assert_int_equal(ms_shm_destroy(cons), 0);
+  assert_int_equal(ms_shm_destroy(prod), 0);
+}
+
 static void test_dlpack_export(void **state) {
   (void)state;
   ms_shm_t *shm = new_shm(0);
@@ -806,6 +864,7 @@ int main(int argc, char **argv) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_open_cache_and_writable, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_freeze, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dlpack_export, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capabilities_and_defaults, setup,
                                       teardown),

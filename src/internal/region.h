@@ -27,7 +27,9 @@ int ms__ns_list(const ms__ns *ns, const char *prefix,
 typedef struct ms__region {
   void *base;
   size_t size;
-  intptr_t handle; /* the platform's handle on the object, if it keeps one */
+  intptr_t handle; /* the platform's handle on the object, if it keeps one
+                      (a memfd creator's fd; valid while base != NULL) */
+  int readonly;    /* sealed against writes: mapped read-only, header too */
 } ms__region;
 
 /* Creates a new region (exclusive, owner-only), reserves its backing store
@@ -49,15 +51,56 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
 int ms__region_protect(ms__region *r, size_t from, int writable);
 void ms__region_unmap(ms__region *r);
 int ms__region_unlink(const ms__ns *ns, const char *name);
+/* Freezes a region for good: bytes [from, size) of this mapping become
+ * read-only and, for an anonymous region, the object is sealed against
+ * every later writable mapping and write() (F_SEAL_FUTURE_WRITE).  Named
+ * objects cannot be sealed: only the mapping changes.  Nothing changes on
+ * failure. */
+int ms__region_freeze(ms__region *r, size_t from);
+
+/*
+ * Anonymous regions (the memfd backend, Linux).  They have no name in any
+ * directory: the creator keeps the object's descriptor (r->handle) open for
+ * the region's life, and another process reaches it through
+ * /proc/<pid>/fd/<fd>.  The object disappears with its last descriptor and
+ * mapping, so a crash leaves nothing behind.  Elsewhere: MS_ENOTSUP.
+ */
+/* Creates one of size bytes (backed at creation: MS_ENOSPC/MS_ENOMEM now,
+ * never a fault later), sealed against shrinking and growing, mode 0600,
+ * mapped read-write and pre-faulted.  *pid and *fd say where it is. */
+int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
+                           int64_t *fd);
+/* Maps process pid's descriptor fd, after the same object checks as
+ * ms__region_open() plus the seals: a descriptor that is no longer a
+ * sealable object is MS_ENOENT (the number was reused), one without
+ * F_SEAL_SHRINK|F_SEAL_GROW is MS_EBADREGION.  A region sealed against
+ * writes is mapped read-only (out->readonly).  The descriptor this opens is
+ * closed before returning: the mapping keeps the object alive. */
+int ms__region_open_anon(int64_t pid, int64_t fd, size_t min_size,
+                         int64_t allowed_uid, ms__region *out,
+                         const char **why);
+/* 1 if a second process (a forked child) could reopen an anonymous region
+ * of this one, probed once per process; 0 if not or unsupported.  *made is
+ * 1 if one could be created at all. */
+int ms__anon_probe(int *made);
 
 /* A liveness token: held by a live process, released by the kernel when it
  * dies. */
-typedef struct ms__token {
+typedef struct ms__token ms__token;
+struct ms__token {
   intptr_t handle;               /* -1 once released or forgotten */
+  intptr_t aux;                  /* Linux: the socket, -1 if none */
   struct ms__token *prev, *next; /* the process's held tokens (fork) */
-} ms__token;
+};
 
-int ms__token_acquire(const ms__ns *ns, const char *name, ms__token *out);
+/* Liveness has two witnesses on Linux: a flock()ed file `name` in the
+ * namespace and an abstract unix socket "\0<name>", both held by the
+ * holder; the kernel drops both when it dies.  MS__TOKEN_NOFILE takes the
+ * socket alone (the memfd backend, which leaves nothing in any directory).
+ * A token is alive iff either witness is held. */
+#define MS__TOKEN_NOFILE 1u
+int ms__token_acquire(const ms__ns *ns, const char *name, unsigned flags,
+                      ms__token *out);
 void ms__token_release(const ms__ns *ns, const char *name, ms__token *t);
 /* Closes this process's handle on a token it inherited across fork(),
  * without removing the object: the parent still holds it.  (On POSIX a

@@ -25,6 +25,7 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 #define MS__SLOTS 64  /* processes that may hold one region at once */
 #define MS__ALIGN 64u /* minimum data alignment */
 #define MS__POOLED 1u /* flags: the creator pools this region */
+#define MS__FROZEN 2u /* flags: frozen by its creator (ms_tensor_freeze) */
 
 /* life = generation << 8 | state */
 #define MS__CREATING 0u /* being initialised by its creator */
@@ -52,7 +53,8 @@ typedef struct ms__hdr {
   uint64_t data_bytes;          /* 64 */
   int64_t shape[MS_MAX_NDIM];   /* 72 */
   int64_t strides[MS_MAX_NDIM]; /* 200 */
-  uint8_t reserved[184];        /* 328 */
+  uint8_t ident[16];            /* 328: the region's random identity */
+  uint8_t reserved[168];        /* 344 */
   /* 512: holder slots.  Each is 0 or the liveness token of a process that
    * holds the region.  One atomic word per holder: a process that dies
    * leaves at worst its own token behind, which a sweep clears. */
@@ -124,26 +126,54 @@ _Static_assert(sizeof(ms__hdr) == 1024, "region header layout changed");
  * I8. A process forked from the creator of an allocator does nothing to
  *     cross-process state through the inherited allocator or its tensors
  *     (ms__shm_inherited()): the slots, tokens and regions are the parent's.
+ * I9. Frozen regions (ms_tensor_freeze, shm_freeze.c) are never recycled:
+ *     the creator sets MS__FROZEN and clears MS__POOLED (the one plain
+ *     field written after hand-off; readers treat flags as advisory), its
+ *     pool_refresh never pools a map with `frozen` set, and so a frozen
+ *     generation ends in DEAD.  A frozen memfd is sealed against writable
+ *     mappings: its consumers map it read-only (region.readonly), take no
+ *     slot and never write its header; they rely on I9 instead of I3 (no
+ *     recycle can change the bytes under them, and the kernel keeps the
+ *     pages while they map them).  Such a descriptor still opens only while
+ *     life is LIVE(g) (I5), i.e. while the creator holds the tensor.
  */
 
 /* ------------------------------------------------------------------------ */
 /* Names (shm_names.c).                                                      */
 /*   region      <prefix><creator token, 16 hex>-<random, 32 hex>          */
+/*   locator     <pid>:<fd>:<creator token, 16 hex>-<identity, 32 hex>     */
+/*               (memfd; pid 1..4194304 and fd 0..2^31-1 in decimal, no    */
+/*               leading zeros: one region has exactly one locator)         */
 /*   token       mstok-<token, 16 hex>.lock   (prefix-independent)         */
 /*   old token   <prefix><token, 16 hex>.lock (1.0; swept, never made)     */
 /*   descriptor  ms1:<region>:<generation hex>                              */
-/* hex is lowercase; nothing else is ever parsed as ours.                   */
+/*               ms2:<locator>:<generation hex>   (at most 89 bytes)       */
+/* hex is lowercase; nothing else is ever parsed as ours.  A region name    */
+/* never contains ':', a locator always does: the portable code keeps the   */
+/* locator as the region's "name" (table, open cache, stats, sweeps), and   */
+/* only map_get() and ms__region_unlink() tell the two apart.               */
 /* ------------------------------------------------------------------------ */
 
 #define MS__PREFIX_MAX 16
-#define MS__NAME_MAX (MS__PREFIX_MAX + 16 + 1 + 32)
+#define MS__REGION_NAME_MAX (MS__PREFIX_MAX + 16 + 1 + 32)
+#define MS__LOCATOR_MAX (7 + 1 + 10 + 1 + 16 + 1 + 32)
+#define MS__NAME_MAX MS__LOCATOR_MAX /* the longer of the two */
+_Static_assert(4 + MS__LOCATOR_MAX + 1 + 16 < MS_DESCRIPTOR_MAX,
+               "an ms2 descriptor must fit MS_DESCRIPTOR_MAX");
 #define MS__TOKEN_PREFIX "mstok-"
 #define MS__TOKEN_NAME_MAX (MS__PREFIX_MAX + 16 + 5)
 
 /* 1 if p is a valid allocator prefix: 1..MS__PREFIX_MAX of [A-Za-z0-9_-]. */
 int ms__prefix_valid(const char *p);
-/* 0 if name is a region name; its prefix length and creator token. */
+/* 0 if name is a region name or a locator; its prefix length (0 for a
+ * locator) and creator token. */
 int ms__name_parse(const char *name, size_t *prefix_len, uint64_t *creator);
+/* 0 if name is exactly a locator: where its object is and its identity. */
+int ms__locator_parse(const char *name, int64_t *pid, int64_t *fd,
+                      uint64_t *creator, uint8_t ident[16]);
+/* Writes the locator (buf >= MS__LOCATOR_MAX + 1). */
+void ms__locator_format(char *buf, size_t len, int64_t pid, int64_t fd,
+                        uint64_t creator, const uint8_t ident[16]);
 /* The token object name of `token` (buf >= MS__TOKEN_NAME_MAX + 1). */
 void ms__token_name(char *buf, size_t len, uint64_t token);
 /* 0 and *token if name is exactly a token name, new form or (when prefix is
@@ -168,6 +198,7 @@ typedef struct ms__map {
   int writable;     /* data mapped read-write */
   int in_lru;       /* in the open cache */
   int slot;         /* our holder slot, -1 when we hold none */
+  int frozen;       /* own region frozen: never pooled */
   unsigned handles; /* ms_tensor_t objects using it */
   uint64_t gen;     /* generation held while handles > 0 */
   /* own regions only */
@@ -197,6 +228,7 @@ struct ms_shm {
   uint64_t max_bytes, max_session_bytes, pool_bytes, open_cache_bytes;
   uint32_t open_cache;
   int64_t allowed_uid;
+  uint32_t backend; /* MS_SHM_BACKEND_NAMED or _MEMFD (auto resolved) */
   size_t page, header_size;
 
   ms__map *buckets[MS__NBUCKETS];
