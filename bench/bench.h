@@ -53,6 +53,7 @@ int msb_vision(const msb_opts *o, cJSON *root);
 int msb_python(const msb_opts *o, cJSON *root); /* bench_python.c */
 int msb_channel(const msb_opts *o, cJSON *root);
 int msb_memfd(const msb_opts *o, cJSON *root); /* bench_memfd.c */
+int msb_weights(const msb_opts *o, cJSON *root); /* bench_weights.c */
 
 /* The consumer process of the shm and vision scenarios. */
 int msb_consumer_main(void);
@@ -61,5 +62,19 @@ int msb_channel_peer_main(int argc, char **argv);
 /* The consumer's "chan NAME FRAMES" command (bench_channel.c): 0 or an
  * exit status. */
 int msb_channel_cycle_peer(ms_shm_t *shm, const char *args);
+/* The acknowledgement of the shm scenario's channel cycle: when the
+ * consumer had the frame and when it had read every byte (uv_hrtime, one
+ * clock for both processes), and the CPU it read it on. */
+typedef struct msb_chan_ack {
+  uint64_t frame, got_ns, read_ns;
+  int32_t cpu;
+  uint32_t reserved;
+} msb_chan_ack;
+/* The CPU the calling thread runs on, or -1 (bench_channel.c). */
+int msb_cpu(void);
+/* The shm scenario's library-free two-process cycle of n bytes
+ * (bench_channel.c): seconds per frame, or -1. */
+double msb_two_process_cycle(const void *src, size_t n, int frames,
+                             int use_futex);
 
 #endif

@@ -6,9 +6,12 @@
  * while the receiver spins (its own `wakes` counters).  The peer is this
  * binary started with --channel-peer.  Also the consumer side of the shm
  * scenario's channel cycle (msb_channel_cycle_peer). */
+#define _GNU_SOURCE /* sched_getcpu */
 #include "bench.h"
 
 #include <uv.h>
+
+#include <sched.h>
 
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -125,9 +128,11 @@ int msb_channel_peer_main(int argc, char **argv) {
   return ms_shm_destroy(shm) == 0 ? rc : 1;
 }
 
+int msb_cpu(void) { return sched_getcpu(); }
+
 /* The shm scenario's consumer: "chan NAME FRAMES": receives FRAMES tensors
  * on channel NAME, reads every byte of each and acknowledges it on NAME-ack
- * (8 bytes), all without the pipe.  Prints "<frames> <sum>". */
+ * (an msb_chan_ack), all without the pipe.  Prints "<frames> <sum>". */
 int msb_channel_cycle_peer(ms_shm_t *shm, const char *args) {
   char name[64], ack_name[80];
   unsigned long long frames = 0;
@@ -149,9 +154,12 @@ int msb_channel_cycle_peer(ms_shm_t *shm, const char *args) {
     size_t n = 0;
     if (ms_channel_recv_tensor(in, 0, 60000, &t, NULL, 0, &n) != 0 || t == NULL)
       return 8;
+    msb_chan_ack a = {f, uv_hrtime(), 0, 0, 0};
     sum += msb_read_all(ms_tensor_data(t), ms_tensor_nbytes(t));
+    a.read_ns = uv_hrtime();
+    a.cpu = msb_cpu();
     ms_tensor_release(t);
-    if (ms_channel_send(ack, &f, sizeof(f), 60000) != 0)
+    if (ms_channel_send(ack, &a, sizeof(a), 60000) != 0)
       return 9;
   }
   (void)ms_channel_flush(ack, 10000);
@@ -332,6 +340,53 @@ static double raw_pingpong(int use_futex, int count) {
                    : -1;
   free(v);
   return med;
+}
+
+/* The shm scenario's library-free bound on a two-process cycle: the same
+ * work as its pooled cycle (write n bytes into shared memory, hand over,
+ * the other process reads every byte and answers; one frame in flight)
+ * between this process and a forked child, through a pre-faulted shared
+ * anonymous mapping and two shared words, by pure spinning (use_futex 0)
+ * or by a bare futex (1).  No region, descriptor, channel or pool: what
+ * two processes on this machine cost whatever library they use.  Seconds
+ * per frame (after two warm-up frames), or -1. */
+double msb_two_process_cycle(const void *src, size_t n, int frames,
+                             int use_futex) {
+  const size_t map = n + 4096;
+  unsigned char *buf = mmap(NULL, map, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (buf == MAP_FAILED)
+    return -1;
+  _Atomic uint32_t *ping = (_Atomic uint32_t *)(void *)(buf + n),
+                   *pong = ping + 16; /* own cache lines */
+  atomic_store(ping, 0);
+  atomic_store(pong, 0);
+  const uint32_t total = (uint32_t)frames + 2;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    volatile uint64_t sum = 0;
+    for (uint32_t i = 1; i <= total; i++) {
+      await(ping, i, use_futex);
+      sum += msb_read_all(buf, n);
+      post(pong, i, use_futex);
+    }
+    _exit(0);
+  }
+  uint64_t t0 = 0;
+  for (uint32_t i = 1; pid > 0 && i <= total; i++) {
+    if (i == 3)
+      t0 = uv_hrtime();
+    memcpy(buf, src, n);
+    post(ping, i, use_futex);
+    await(pong, i, use_futex);
+  }
+  double per = pid > 0 ? (double)(uv_hrtime() - t0) / 1e9 / frames : -1;
+  int st = 0;
+  if (pid > 0 && (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)))
+    per = -1;
+  munmap(buf, map);
+  return per;
 }
 
 /* CPU% of process pid over `seconds`, from /proc/<pid>/stat. */

@@ -39,6 +39,8 @@ static const char usage[] =
     "                     channel   descriptor channel latency, idle CPU\n"
     "                     memfd     memfd vs named regions: first open,\n"
     "                               cached reopen, pooled cycle\n"
+    "                     weights   4 workers sharing one 256 MiB host\n"
+    "                               image of dequantized weights vs private\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -231,7 +233,8 @@ int main(int argc, char **argv) {
   } scenarios[] = {{"registry", msb_registry}, {"dedup", msb_dedup},
                    {"shm", msb_shm},           {"vision", msb_vision},
                    {"python", msb_python},     {"channel", msb_channel},
-                   {"memfd", msb_memfd}};
+                   {"memfd", msb_memfd},
+                   {"weights", msb_weights}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;

@@ -79,3 +79,16 @@ for e in d["shm"]:
         assert isinstance(e["memfd"].get(k), (int, float)), f"shm[].memfd.{k}"
 print("bench JSON memfd: ok")
 PY
+
+# The weights scenario (bench/bench_weights.c): one shared host image.
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = d["weights"]
+for k in ["processes", "image_bytes", "transform_s", "first_use_s",
+          "next_use_s_median", "transform_runs", "pss_bytes_shared",
+          "pss_bytes_private", "sharing_ratio"]:
+    assert isinstance(w.get(k), (int, float)), f"weights.{k} missing"
+assert w["transform_runs"] == 1, "the 4 workers must transform once"
+print("bench JSON weights: ok")
+PY

@@ -1004,7 +1004,11 @@ MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
  *
  * Waiting: a receiver spins for spin_us microseconds, then sleeps (a futex
  * on Linux, a named event on Windows); the producer makes a system call
- * only when a subscriber sleeps.  A blocked producer (MS_CHANNEL_BLOCK,
+ * only when a subscriber sleeps.  A receiver with a spin window under 1
+ * ms that runs on the CPU where the producer last sent does not spin (the
+ * producer would wait for that CPU): it sleeps at once.  A window of 1 ms
+ * or more always spins (latency first: the scheduler then moves one of
+ * the two processes to another CPU).  A blocked producer (MS_CHANNEL_BLOCK,
  * full ring) sleeps the same way.
  *
  * Crash safety: subscribers are known by their allocator's liveness token.
@@ -1059,11 +1063,14 @@ typedef struct ms_channel_options {
 
 /**
  * Creates the channel `name` as its producer.  options may be NULL for the
- * defaults.  A ring of that name whose producer died is replaced.
+ * defaults.  The ring is built under a private name and appears under its
+ * own complete, so subscribers never see a half-made one, and a producer
+ * killed at any point leaves nothing that blocks the name: a ring of that
+ * name whose producer died is replaced.
  * On success *out owns the channel; close it with ms_channel_close().
  * Errors: MS_EINVAL (NULL argument, bad name or option, shm inherited
- *   across fork()), MS_EBUSY (a live producer has that name), MS_ENOSPC,
- *   MS_EACCES, MS_ENOMEM, MS_EIO.
+ *   across fork()), MS_EBUSY (a live producer has that name, or an object
+ *   that is not a ring does), MS_ENOSPC, MS_EACCES, MS_ENOMEM, MS_EIO.
  */
 MS_EXPORT int ms_channel_create(ms_shm_t *shm, const char *name,
                                 const ms_channel_options_t *options,
@@ -1177,8 +1184,9 @@ MS_EXPORT int ms_channel_recv_stop(ms_channel_t *ch);
  */
 MS_EXPORT int ms_channel_sweep(ms_channel_t *ch, size_t *dropped);
 /**
- * Unlinks the rings in shm's namespace whose producer died.  *reclaimed
- * (may be NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
+ * Unlinks the rings in shm's namespace whose producer died, and what a
+ * producer killed inside ms_channel_create() left.  *reclaimed (may be
+ * NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
  * Errors: MS_EINVAL (NULL shm or inherited), MS_EIO, MS_ENOMEM.
  */
 MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);
@@ -1187,7 +1195,9 @@ MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);
  * Counters as JSON; free *json with ms_free().  Keys: role ("producer" or
  * "subscriber"), sent, received, dropped, full_waits (sends that found the
  * ring full), wakes (wake-up system calls this handle made), spin_hits
- * (waits that found a message while spinning), sleeps (waits that slept);
+ * (waits that found a message while spinning), sleeps (waits that slept),
+ * spin_skips (waits that did not spin: a window under 1 ms, and the
+ * producer last sent from the receiver's own CPU);
  * a producer adds "subscribers": [{received, dropped, lag}] of the live
  * entries.  Errors: MS_EINVAL, MS_ENOMEM.
  */
@@ -1433,6 +1443,248 @@ MS_EXPORT int ms_registry_timer_start(ms_registry_t *reg,
  * (no timer).  Call from the loop's thread.
  */
 MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
+
+/* ------------------------------------------------------------------------ */
+/* Host-scope images                                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A host image is a read-only set of named tensors (the shape of a
+ * safetensors file) in shared memory: a model's weights after a transform
+ * (dequantised, repacked, transposed...), made once per machine and mapped
+ * read-only by every process that asks for the same key.
+ *
+ * Key: the model key (ms_key_t: canonical path + canonical config), the
+ * source file's identity (device, inode, size and modification time of the
+ * key's path, read at every acquire: an edited or replaced file makes a new
+ * image), and the caller's transform id and version.  They are hashed (128
+ * bits) to name the image's index entry "msimg-<32 hex>.idx" in the
+ * allocator's namespace; the entry holds the full key, so a hash collision
+ * or a forged entry is MS_EBADREGION, never another model's weights.
+ *
+ * Acquiring: the first process to ask (it wins a per-key lock held through
+ * its allocator's liveness token, which the kernel drops if it dies) runs
+ * the build callback, which allocates and fills the image's tensors with
+ * ms_image_builder_add().  The tensors are then checked (see below) and
+ * frozen, and only then is the entry published READY.  Every other
+ * process, concurrent or later, waits up to its timeout (sleeping, with a
+ * backoff from 1 to 32 ms) and maps the finished image: nobody ever sees a
+ * partial one.
+ *   - A builder that dies mid-build leaves a CREATING entry and a dead
+ *     lock: the next waiter discards its half-made tensors and builds.
+ *   - A build that fails publishes FAILED with its code: every process
+ *     that was waiting for that build gets the code; the next acquire
+ *     builds again (the registry's semantics for loads).
+ *
+ * Freezing: every tensor is frozen with ms_tensor_freeze() before the
+ * image is published: the builder's own mapping becomes read-only, the
+ * region is never pooled or reused, and opening a tensor's descriptor with
+ * MS_OPEN_WRITE is MS_EACCES; every other process maps the data read-only.
+ * A write through any of these mappings faults (SIGSEGV).  Named regions
+ * cannot be sealed: a process of the same user can still open the object
+ * outside the library (see "Truncation" above).
+ *
+ * Build errors: a build callback that writes outside its tensors is
+ * detected after it returns by a post-build check (no guard pages): the
+ * bytes after each tensor's data up to the end of its region (at least 64
+ * bytes, filled with a pattern at allocation) and its region header must
+ * be unchanged; otherwise the build fails with MS_EBADREGION.  Writes that
+ * land further away hit other memory and cannot be detected.
+ *
+ * Lifetime: each process that acquired the image holds every tensor of it
+ * (the allocator's holder protocol), so the image lives while any process
+ * holds it; without keep_ms it goes with its last holder.  With keep_ms,
+ * an image nobody holds stays mapped-able (a restarting worker finds it)
+ * until ms_image_sweep() runs keep_ms after its last release.  Images of
+ * processes that died are reclaimed by ms_image_sweep(), never by
+ * ms_shm_sweep() (images use region prefixes of the form "mi<13 hex>-",
+ * reserved for them: do not give an allocator such a prefix).
+ *
+ * Backends: an image's tensors are always named regions in the
+ * allocator's namespace, whatever its backend option, and the index entry
+ * and the lock are named objects beside them ("msimg-<hash>.idx",
+ * "msimg-<hash>.lock"): the entry names the regions, so a process that
+ * never met the builder finds them, and keep_ms can outlive every process.
+ * A process killed at any point leaves only objects ms_image_sweep()
+ * removes.  (A memfd region has no name and lives only while some process
+ * holds its descriptor: an index entry could make one findable, but never
+ * keep it past its last process, so images do not use them.)
+ * Windows: a named object dies with its last handle, so an index entry
+ * disappears as soon as no process maps it, and objects cannot be listed
+ * (ms_image_sweep() finds nothing).  Images are not yet usable across
+ * processes there: the code compiles, its tests run on Linux only.
+ *
+ * Thread safety: every function may be called from any thread; an
+ * ms_image_t may be used by several threads at once.  Two threads of one
+ * process acquiring the same key through one allocator build once (the
+ * second waits).  For sharing within one process, put images in a registry
+ * (ms_image_loader()): the registry deduplicates within the process, the
+ * image across processes.
+ */
+typedef struct ms_image ms_image_t;
+typedef struct ms_image_builder ms_image_builder_t;
+
+/** Longest tensor name in an image, in bytes. */
+#define MS_IMAGE_NAME_MAX 255
+/** Most tensors an image may have. */
+#define MS_IMAGE_MAX_TENSORS 65536
+
+/**
+ * Builds an image: allocate every tensor with ms_image_builder_add() and
+ * fill it.  path and config_json are the key's canonical strings.  Runs in
+ * the electing process, on the calling thread of ms_image_acquire(), with
+ * no library lock held.  Return 0, or a negative code that every waiter
+ * for this build receives (a positive return is MS_ELOAD).  An image with
+ * no tensor is MS_EINVAL.  Must return (no longjmp, no thread exit).
+ */
+typedef int (*ms_image_build_fn)(ms_image_builder_t *b, const char *path,
+                                 const char *config_json, void *user);
+
+/** Options of ms_image_acquire().  Initialise with MS_IMAGE_OPTIONS_INIT. */
+typedef struct ms_image_options {
+  size_t struct_size;
+  /** The transform's name: 1 to 64 bytes of [A-Za-z0-9._-].  Required. */
+  const char *transform_id;
+  /** Its version (same charset, 0 to 64 bytes; NULL is "").  Change it
+   *  whenever the transform's output changes. */
+  const char *transform_version;
+  /** Builds the image on a miss.  Required. */
+  ms_image_build_fn build;
+  /** Passed to build unchanged. */
+  void *user;
+  /** How long to wait for another process's build, in ms
+   *  (MS_WAIT_FOREVER: no limit; 0: do not wait).  A builder's own build
+   *  is not bounded.  Default MS_WAIT_FOREVER. */
+  uint64_t timeout_ms;
+  /** Keep the image this many ms after its last release (0, the default:
+   *  it goes with its last holder).  The builder's value is the image's. */
+  uint64_t keep_ms;
+} ms_image_options_t;
+
+#define MS_IMAGE_OPTIONS_INIT                                                  \
+  { sizeof(ms_image_options_t), NULL, NULL, NULL, NULL, MS_WAIT_FOREVER, 0 }
+
+/**
+ * Acquires the host image of (key, the key's source file, transform) in
+ * shm's namespace, building it with options->build if no process has.
+ * On success *out holds the image: every tensor mapped read-only and held;
+ * release it with ms_image_release().  shm must outlive it.
+ * Errors: MS_EINVAL (NULL argument, options struct_size below its first
+ *   size, no build function, a transform id or version that is empty,
+ *   too long or outside the charset, shm inherited across fork()),
+ *   MS_ENOENT (the key's path is not a file that can be stat()ed),
+ *   MS_ETIMEDOUT (another process is still building), MS_EBADREGION (a
+ *   malformed, forged or colliding index entry or image tensor; or a
+ *   build callback that wrote outside its tensors), MS_EACCES (another
+ *   user's entry), MS_EBUSY (64 processes hold the image already),
+ *   MS_EDEADLK (a build callback asked for the image it is building), the
+ *   build callback's code (also when another process's build failed
+ *   while we waited), MS_ENOSPC, MS_ENOMEM, MS_EIO.
+ *   ms_shm_errmsg(shm) says what.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_image_acquire(ms_shm_t *shm, const ms_key_t *key,
+                               const ms_image_options_t *options,
+                               ms_image_t **out);
+
+/**
+ * From inside a build callback: allocates tensor `name` of the image
+ * (C-contiguous, ndim 0..MS_MAX_NDIM, shape as ms_tensor_alloc()) and sets
+ * *data to its bytes, writable until the callback returns and read-only
+ * afterwards.  The bytes start unspecified; write exactly
+ * ms_dtype_size(dtype) x the shape's product of them.
+ * name: 1..MS_IMAGE_NAME_MAX bytes, unique in the image (a name used
+ *   twice fails the acquire with MS_EINVAL when the callback returns).
+ * Errors: MS_EINVAL (NULL argument, bad name, bad dtype, ndim or shape,
+ *   more than MS_IMAGE_MAX_TENSORS tensors), MS_ERANGE,
+ *   MS_ENOSPC, MS_ENOMEM, MS_EIO.  Return the code from the callback (or
+ *   handle it).  Use b only from the callback's thread, during the call.
+ */
+MS_EXPORT int ms_image_builder_add(ms_image_builder_t *b, const char *name,
+                                   ms_dtype_t dtype, const int64_t *shape,
+                                   int ndim, void **data);
+
+/**
+ * Finds tensor `name` of img.  *out is owned by img (read-only data, valid
+ * until ms_image_release(img)); ms_tensor_retain() it to keep it longer
+ * (the allocator passed to ms_image_acquire() must then outlive it).
+ * Errors: MS_EINVAL (NULL argument), MS_ENOENT (no such tensor).
+ * Thread-safe; a lookup is a binary search, no allocation.
+ */
+MS_EXPORT int ms_image_tensor(const ms_image_t *img, const char *name,
+                              ms_tensor_t **out);
+
+/**
+ * Calls fn for every tensor of img in name order (bytewise), with the
+ * tensor owned by img.  Stops and returns fn's value when it is non-zero.
+ * Errors: MS_EINVAL (NULL img or fn).  Thread-safe.
+ */
+MS_EXPORT int ms_image_foreach(const ms_image_t *img,
+                               int (*fn)(const char *name, ms_tensor_t *t,
+                                         void *user),
+                               void *user);
+
+/** Number of tensors of img (0 for NULL). */
+MS_EXPORT size_t ms_image_count(const ms_image_t *img);
+/** Sum of the tensors' data sizes, in bytes (0 for NULL). */
+MS_EXPORT uint64_t ms_image_bytes(const ms_image_t *img);
+/** 1 if this call of ms_image_acquire() ran the build, else 0. */
+MS_EXPORT int ms_image_built_here(const ms_image_t *img);
+
+/**
+ * Releases img: this process's hold on every tensor of it (tensors the
+ * caller retained stay held).  The last holder on the host unlinks the
+ * image unless keep_ms keeps it.  NULL is a no-op.  Thread-safe, but img
+ * must not be used after this call.
+ */
+MS_EXPORT void ms_image_release(ms_image_t *img);
+
+/**
+ * Reclaims images in shm's namespace: index entries of builds whose
+ * builder died or that failed, images no live process holds (READY images
+ * with keep_ms only once keep_ms has passed since their last release), and
+ * leftovers of builders killed at any point.  Never touches an image a
+ * live process holds or builds.  *reclaimed (may be NULL) gets the number
+ * of objects unlinked.  Run it from a supervisor, or at start-up.
+ * Errors: MS_EINVAL (NULL shm, or inherited across fork()), MS_EIO (the
+ *   namespace cannot be listed), MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed);
+
+/**
+ * Where an ms_image_loader() loads from.  Initialise with
+ * MS_IMAGE_SOURCE_INIT.  It must outlive every model loaded through the
+ * loader (the registry calls unload with it).
+ */
+typedef struct ms_image_source {
+  size_t struct_size;
+  ms_shm_t *shm;                     /**< allocator of the images */
+  const ms_image_options_t *options; /**< transform, build, timeout, keep */
+} ms_image_source_t;
+
+#define MS_IMAGE_SOURCE_INIT                                                   \
+  { sizeof(ms_image_source_t), NULL, NULL }
+
+/**
+ * Fills *loader so that an ms_registry_acquire() miss acquires the host
+ * image of (path, config) with src: the model is the ms_image_t (cast
+ * ms_model_get()'s pointer), its bytes ms_image_bytes(), and the registry's
+ * unload releases it.  The nodes of one process then share one handle
+ * (the registry) and the processes of one host one copy (the image):
+ *
+ *     ms_image_source_t src = MS_IMAGE_SOURCE_INIT;
+ *     src.shm = shm; src.options = &opts;
+ *     ms_loader_t ld;
+ *     ms_image_loader(&src, &ld);
+ *     ms_registry_acquire(reg, "/models/w.safetensors", "{}", &ld,
+ *                         MS_WAIT_FOREVER, &model);
+ *     ms_image_t *img = ms_model_get(model);
+ *
+ * Errors: MS_EINVAL (NULL argument, struct_size below the first size, NULL
+ *   shm or options).  The load's errors are ms_image_acquire()'s.
+ */
+MS_EXPORT int ms_image_loader(const ms_image_source_t *src,
+                              ms_loader_t *loader);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -38,6 +38,7 @@ struct ms_channel {
   uint64_t cursor; /* == subs[idx].cursor, written only here */
   /* counters of this handle */
   uint64_t sent, received, dropped, full_waits, wakes, spin_hits, sleeps;
+  uint64_t spin_skips; /* waits that did not spin (C10) */
   /* ms_channel_fd's helper */
   int helper_on;
   uv_thread_t helper;
@@ -83,6 +84,43 @@ int ms__ch_obj_parse(const char *obj) {
   memcpy(name, obj + pl, n - pl - sl);
   name[n - pl - sl] = '\0';
   return ms__ch_name_valid(name) ? 0 : MS_EINVAL;
+}
+
+static int lower_hex(const char *s, size_t n, uint64_t *out) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    int c = (unsigned char)s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+      return MS_EINVAL;
+    v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
+  }
+  *out = v;
+  return 0;
+}
+
+int ms__ch_stage_parse(const char *obj, uint64_t *token) {
+  const size_t pl = sizeof(MS__CH_PREFIX) - 1;
+  const size_t tail = 1 + 16 + 1 + 8 + sizeof(MS__CH_STAGE_SUFFIX) - 1;
+  size_t n = strnlen(obj, MS__CH_STAGE_MAX + 1);
+  if (n > MS__CH_STAGE_MAX || n < pl + 1 + tail ||
+      strncmp(obj, MS__CH_PREFIX, pl) != 0)
+    return MS_EINVAL;
+  const char *t = obj + n - tail; /* ".<16 hex>-<8 hex>.new" */
+  uint64_t tok = 0, rnd = 0;
+  if (t[0] != '.' || t[17] != '-' || lower_hex(t + 1, 16, &tok) != 0 ||
+      lower_hex(t + 18, 8, &rnd) != 0 ||
+      strcmp(t + 26, MS__CH_STAGE_SUFFIX) != 0)
+    return MS_EINVAL;
+  char name[MS__CH_NAME_MAX + 1];
+  const size_t nl = (size_t)(t - obj) - pl; /* >= 1: n's lower bound */
+  if (nl > MS__CH_NAME_MAX)
+    return MS_EINVAL;
+  memcpy(name, obj + pl, nl);
+  name[nl] = '\0';
+  if (!ms__ch_name_valid(name))
+    return MS_EINVAL;
+  *token = tok;
+  return 0;
 }
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
@@ -268,6 +306,7 @@ static int publish(ms_channel_t *ch, uint32_t kind, const char *desc,
   ch->held[seq & (cap - 1)] = t != NULL ? ms_tensor_retain(t) : NULL;
   ch->head = seq + 1;
   atomic_store(&ch->h->head, seq + 1); /* C2 */
+  atomic_store_explicit(&ch->h->p_cpu, ms__cpu_now(), memory_order_relaxed);
   ch->sent++;
   wake_sleepers(ch);
   return 0;
@@ -390,7 +429,15 @@ static int wait_data(ms_channel_t *ch, uint32_t timeout_ms) {
   if (timeout_ms == 0)
     return MS_ETIMEDOUT;
   const uint64_t deadline = deadline_of(timeout_ms);
-  const uint64_t spin_end = uv_hrtime() + (uint64_t)ch->spin_us * 1000u;
+  uint64_t spin_end = uv_hrtime() + (uint64_t)ch->spin_us * 1000u;
+  const uint32_t cpu = ch->spin_us > 0 && ch->spin_us < MS__CH_SPIN_SHARED_US
+                           ? ms__cpu_now()
+                           : 0;
+  if (cpu != 0 &&
+      atomic_load_explicit(&ch->h->p_cpu, memory_order_relaxed) == cpu) {
+    spin_end = 0; /* the producer waits for this CPU (C10) */
+    ch->spin_skips++;
+  }
   while (uv_hrtime() < spin_end) {
     for (int k = 0; k < 64; k++) {
       if (atomic_load_explicit(&ch->h->head, memory_order_relaxed) >
@@ -739,6 +786,69 @@ static int replace_dead(ms_shm_t *shm, const char *obj) {
   return ring ? -1 : 0;
 }
 
+/* Creates the object `obj` (new, zeroed) as ch's ring and writes its
+ * whole header (C1). */
+static int build(ms_channel_t *ch, const char *obj) {
+  const ms__ch_geom *g = &ch->g;
+  int rc =
+      ms__region_create(ch->shm->ns, obj, (size_t)g->total_size, &ch->region);
+  if (rc != 0)
+    return rc;
+  map_areas(ch);
+  ms__ch_hdr *h = ch->h;
+  h->magic = MS__CH_MAGIC;
+  h->version = MS__CH_VERSION;
+  h->capacity = g->capacity;
+  h->slot_size = g->slot_size;
+  h->payload = g->payload;
+  h->max_subs = g->max_subs;
+  h->policy = g->policy;
+  h->sub_offset = g->sub_offset;
+  h->slot_offset = g->slot_offset;
+  h->total_size = g->total_size;
+  h->producer_token = g->producer_token;
+  atomic_store(&h->ready, 1);
+  return 0;
+}
+
+/* Gives the built ring at `stage` its name ch->obj (C0): MS_EBUSY when a
+ * live producer's ring, or anything that is not a ring, has that name; a
+ * dead producer's ring is replaced.  The staging name goes either way. */
+static int link_ring(ms_channel_t *ch, const char *stage) {
+  const ms__ns *ns = ch->shm->ns;
+  int rc = ms__region_link(ns, stage, ch->obj);
+  if (rc == MS_EBUSY && replace_dead(ch->shm, ch->obj) == 1)
+    rc = ms__region_link(ns, stage, ch->obj);
+  (void)ms__region_unlink(ns, stage);
+  return rc;
+}
+
+/* Creates ch's ring (geometry set) under ch->obj, complete (C0). */
+static int make_ring(ms_channel_t *ch, const char *name) {
+  ms_shm_t *shm = ch->shm;
+  char stage[MS__CH_STAGE_MAX + 1];
+  uint32_t rnd = 0;
+  int rc = ms__random(&rnd, sizeof(rnd));
+  if (rc != 0)
+    return rc;
+  (void)snprintf(stage, sizeof(stage),
+                 MS__CH_PREFIX "%s.%016llx-%08x" MS__CH_STAGE_SUFFIX, name,
+                 (unsigned long long)shm->token, (unsigned)rnd);
+  rc = build(ch, stage);
+  if (rc == 0)
+    rc = link_ring(ch, stage);
+  if (rc != MS_ENOTSUP)
+    return rc;
+  /* Win32: one name per object; a ring dies with its last handle (C0). */
+  ms__region_unmap(&ch->region);
+  rc = build(ch, ch->obj);
+  if (rc != 0 && rc != MS_ENOSPC && rc != MS_ENOMEM) {
+    int old = replace_dead(shm, ch->obj);
+    rc = old == 1 ? build(ch, ch->obj) : MS_EBUSY;
+  }
+  return rc;
+}
+
 int ms_channel_create(ms_shm_t *shm, const char *name,
                       const ms_channel_options_t *options, ms_channel_t **out) {
   ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
@@ -781,40 +891,17 @@ int ms_channel_create(ms_shm_t *shm, const char *name,
   g->producer_token = shm->token;
   ch->held = ms__calloc(g->capacity, sizeof(ms_tensor_t *));
   int rc = ch->held == NULL ? MS_ENOMEM : 0;
-  if (rc == 0) {
-    rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
-    int old = rc != 0 && rc != MS_ENOSPC && rc != MS_ENOMEM
-                  ? replace_dead(shm, obj)
-                  : 0;
-    if (old == 1)
-      rc = ms__region_create(shm->ns, obj, (size_t)g->total_size, &ch->region);
-    else if (old == -1)
-      rc = MS_EBUSY; /* the name exists, with a live producer */
-  }
   if (rc == 0)
     rc = ms__waitset_open(shm->ns, obj, g->max_subs + 1, &ch->ws);
+  if (rc == 0)
+    rc = make_ring(ch, name);
   if (rc != 0) {
-    int created = ch->region.base != NULL;
     channel_free(ch);
-    if (created)
-      (void)ms__region_unlink(shm->ns, obj);
     return ms__errmsg_set(&ch_errobj, rc, "cannot create channel %s: %s", name,
-                          ms_strerror(rc));
+                          rc == MS_EBUSY ? "the name is taken (a live "
+                                           "producer, or not a ring)"
+                                         : ms_strerror(rc));
   }
-  map_areas(ch);
-  ms__ch_hdr *h = ch->h; /* the object is new and zeroed: C1 */
-  h->magic = MS__CH_MAGIC;
-  h->version = MS__CH_VERSION;
-  h->capacity = g->capacity;
-  h->slot_size = g->slot_size;
-  h->payload = g->payload;
-  h->max_subs = g->max_subs;
-  h->policy = g->policy;
-  h->sub_offset = g->sub_offset;
-  h->slot_offset = g->slot_offset;
-  h->total_size = g->total_size;
-  h->producer_token = g->producer_token;
-  atomic_store(&h->ready, 1);
   *out = ch;
   return 0;
 }
@@ -939,9 +1026,15 @@ typedef struct reclaim_ctx {
   size_t n;
 } reclaim_ctx;
 
+/* A ring whose producer died, or the staging object of a creation whose
+ * creator died (C0). */
 static int reclaim_one(const char *obj, void *user) {
   reclaim_ctx *c = user;
-  if (ms__ch_obj_parse(obj) == 0 && replace_dead(c->shm, obj) == 1)
+  uint64_t token = 0;
+  if (ms__ch_obj_parse(obj) == 0 ? replace_dead(c->shm, obj) == 1
+                                 : ms__ch_stage_parse(obj, &token) == 0 &&
+                                       !ms__holder_alive(c->shm, token) &&
+                                       ms__region_unlink(c->shm->ns, obj) == 0)
     c->n++;
   return 0;
 }
@@ -973,7 +1066,7 @@ int ms_channel_stats_json(ms_channel_t *ch, char **json) {
   } f[] = {{"sent", ch->sent},       {"received", ch->received},
            {"dropped", ch->dropped}, {"full_waits", ch->full_waits},
            {"wakes", ch->wakes},     {"spin_hits", ch->spin_hits},
-           {"sleeps", ch->sleeps}};
+           {"sleeps", ch->sleeps},   {"spin_skips", ch->spin_skips}};
   ok = ok && cJSON_AddStringToObject(
                  o, "role", ch->producer ? "producer" : "subscriber") != NULL;
   for (size_t i = 0; ok && i < sizeof(f) / sizeof(f[0]); i++)

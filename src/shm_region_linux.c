@@ -480,3 +480,17 @@ size_t ms__page_size(void) {
   long ps = sysconf(_SC_PAGESIZE);
   return ps > 0 ? (size_t)ps : 4096;
 }
+
+int ms__region_link(const ms__ns *ns, const char *from, const char *to) {
+  int rc;
+  if (ns->dirfd >= 0) {
+    rc = linkat(ns->dirfd, from, ns->dirfd, to, 0);
+  } else {
+    char a[256], b[256];
+    if (snprintf(a, sizeof(a), SHM_DIR "/%s", from) >= (int)sizeof(a) ||
+        snprintf(b, sizeof(b), SHM_DIR "/%s", to) >= (int)sizeof(b))
+      return MS_EINVAL;
+    rc = link(a, b);
+  }
+  return rc == 0 ? 0 : errno == EEXIST ? MS_EBUSY : err_of(errno);
+}

@@ -310,3 +310,8 @@ size_t ms__page_size(void) {
   GetSystemInfo(&si);
   return si.dwPageSize;
 }
+
+int ms__region_link(const ms__ns *ns, const char *from, const char *to) {
+  (void)ns, (void)from, (void)to;
+  return MS_ENOTSUP; /* a mapping has one name, and dies with its handles */
+}

@@ -2,13 +2,14 @@
  * (FUTEX_WAIT / FUTEX_WAKE without _PRIVATE: the words are in a shared
  * mapping, so the kernel keys them by the object, across processes), and
  * a non-blocking pipe as the pollable notifier of ms_channel_fd(). */
-#define _GNU_SOURCE /* pipe2 */
+#define _GNU_SOURCE /* pipe2, sched_getcpu */
 #include "internal/region.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,4 +70,9 @@ void ms__notify_close(intptr_t rd, intptr_t wr) {
     close((int)rd);
   if (wr >= 0)
     close((int)wr);
+}
+
+uint32_t ms__cpu_now(void) {
+  int c = sched_getcpu(); /* glibc: the rseq area's cpu_id, no syscall */
+  return c >= 0 ? (uint32_t)c + 1 : 0;
 }

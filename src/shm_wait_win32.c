@@ -81,3 +81,7 @@ int ms__notify_open(intptr_t *rd, intptr_t *wr) {
 void ms__notify_signal(intptr_t wr) { (void)wr; }
 void ms__notify_drain(intptr_t rd) { (void)rd; }
 void ms__notify_close(intptr_t rd, intptr_t wr) { (void)rd, (void)wr; }
+
+uint32_t ms__cpu_now(void) {
+  return (uint32_t)GetCurrentProcessorNumber() + 1; /* in its group */
+}

@@ -13,6 +13,9 @@
  *                      until killed (prints "ready" after creating)
  *   channel_peer idle  DIR NAME                 waits 1 s for a message that
  *                      never comes; prints "ok <cpu percent> <rc>"
+ *   channel_peer churn DIR NAME                 creates and closes a large
+ *                      ring in a loop until killed (prints "ready" first):
+ *                      most of its time is spent inside ms_channel_create
  */
 #include "modelshare.h"
 
@@ -66,8 +69,10 @@ static int run_sub(const char *name, uint64_t count, unsigned slow_us,
                  : ms_channel_recv(ch, &v, sizeof(v), &n, 30000);
     if (rc == MS_EPIPE)
       break;
-    if (rc != 0)
-      die("recv", rc);
+    if (rc != 0) {
+      printf("fail recv %s %s\n", ms_err_name(rc), ms_channel_errmsg(ch));
+      return 1;
+    }
     if (n != sizeof(v) || (last != UINT64_MAX && v <= last) || v < expect ||
         (tensors && (t == NULL || !check_tensor(t, v)))) {
       printf("fail order got %llu expected >= %llu\n", (unsigned long long)v,
@@ -167,6 +172,22 @@ static int run_prod(const char *name) {
   return 0; /* not reached: it runs until killed */
 }
 
+static int run_churn(const char *name) {
+  ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
+  o.capacity = 1u << 16; /* 64 Ki slots of 576 bytes: ~36 MiB to back */
+  o.payload_bytes = 512;
+  printf("ready\n");
+  fflush(stdout);
+  for (;;) {
+    ms_channel_t *ch = NULL;
+    int rc = ms_channel_create(shm, name, &o, &ch);
+    if (rc != 0)
+      die("create", rc);
+    ms_channel_close(ch);
+  }
+  return 0; /* not reached: it runs until killed */
+}
+
 static double cpu_seconds(void) {
   FILE *f = fopen("/proc/self/stat", "r");
   char buf[1024];
@@ -223,6 +244,8 @@ int main(int argc, char **argv) {
     rc = run_prod(name);
   else if (strcmp(role, "idle") == 0)
     rc = run_idle(name);
+  else if (strcmp(role, "churn") == 0)
+    rc = run_churn(name);
   else
     rc = 2;
   if (ms_shm_destroy(shm) != 0)

@@ -8,11 +8,15 @@
  * MS_CHANNEL_MESSAGES (default 1000000) is the message count of the order
  * tests (each subscriber receives all of them); MS_SEED replays the kill
  * points. */
+#define _GNU_SOURCE /* sched_setaffinity */
 #include "internal/channel.h"
 #include "modelshare.h"
 
+#include <uv.h>
+
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -530,6 +534,168 @@ static void test_kill_producer(void **state) {
   }
 }
 
+/* The names a reclaim may unlink are parsed strictly (C0). */
+static void test_stage_names(void **state) {
+  (void)state;
+  uint64_t tok = 0;
+  assert_int_equal(
+      ms__ch_stage_parse("msch-a_b-9.0123456789abcdef-0badf00d.new", &tok), 0);
+  assert_true(tok == 0x0123456789abcdefull);
+  static const char *bad[] = {
+      "msch-.0123456789abcdef-0badf00d.new",   /* empty name */
+      "msch-a.0123456789ABCDEF-0badf00d.new",  /* upper-case hex */
+      "msch-a.0123456789abcde-0badf00d.new",   /* 15 digits */
+      "msch-a.0123456789abcdef-0badf00.new",   /* 7 digits */
+      "msch-a.0123456789abcdef_0badf00d.new",  /* separator */
+      "msch-a.0123456789abcdef-0badf00d.ring", /* suffix */
+      "msch-a.0123456789abcdef-0badf00d.newx",
+      "msch-a.b.0123456789abcdef-0badf00d.new", /* '.' in the name */
+      "msch-a/b.0123456789abcdef-0badf00d.new",
+      "mschx-a.0123456789abcdef-0badf00d.new",
+      "msch-a.ring",
+      "msch-0123456789abcdef0123456789abcdefX.0123456789abcdef-0badf00d.new",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    if (ms__ch_stage_parse(bad[i], &tok) == 0)
+      fail_msg("accepted %s", bad[i]);
+  assert_int_equal(ms__ch_obj_parse("msch-a.0123456789abcdef-0badf00d.new"),
+                   MS_EINVAL);
+}
+
+/* Objects of channel `name` in dir that are not a complete ring: what a
+ * producer killed inside ms_channel_create() may leave. */
+static int half_made(const char *dir, const char *name) {
+  char ring[64], pfx[64];
+  (void)snprintf(ring, sizeof(ring), "msch-%s.ring", name);
+  (void)snprintf(pfx, sizeof(pfx), "msch-%s.", name);
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, pfx, strlen(pfx)) != 0)
+      continue;
+    if (strcmp(e->d_name, ring) != 0) {
+      n++; /* anything else of that name is not a ring */
+      continue;
+    }
+    char path[512];
+    (void)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDONLY);
+    ms__ch_hdr h;
+    memset(&h, 0, sizeof(h));
+    ssize_t got = fd >= 0 ? pread(fd, &h, sizeof(h), 0) : -1;
+    if (fd >= 0)
+      close(fd);
+    ms__ch_geom g;
+    if (got != (ssize_t)sizeof(h) || atomic_load(&h.ready) != 1 ||
+        ms__ch_hdr_validate(&h, sizeof(h) + (1u << 30), &g) != 0)
+      n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* kill -9 of a producer inside ms_channel_create(), at a seeded random
+ * moment (the peer creates and closes a large ring in a loop, so most
+ * kills land in the creation): the next create of that name succeeds, a
+ * reclaim unlinks what the dead one left, and nothing stays behind. */
+static void test_kill_creating_producer(void **state) {
+  (void)state;
+  char *dir = mkdir_ns();
+  ms_shm_t *shm = shm_in(dir);
+  int caught = 0, kills = 0;
+  for (; kills < 40 && caught < 4; kills++) {
+    proc p = spawn("churn", dir, "churn", 0, 0);
+    expect_ready(&p);
+    usleep(1000 + (useconds_t)(rand_r(&seed) % 30000));
+    kill(p.pid, SIGKILL);
+    assert_int_equal(reap(&p), 128 + SIGKILL);
+    caught += half_made(dir, "churn") > 0;
+    if (kills % 2 == 0) { /* a new producer takes the name over */
+      ms_channel_t *ch = NULL;
+      int rc = ms_channel_create(shm, "churn", NULL, &ch);
+      if (rc != 0)
+        fail_msg("seed %u kill %d: create after the kill: %s (%s)", seed, kills,
+                 ms_err_name(rc), ms_channel_errmsg(NULL));
+      ms_channel_close(ch);
+    }
+    /* A reclaim unlinks whatever the dead one left. */
+    assert_int_equal(ms_channel_reclaim(shm, NULL), 0);
+    if (half_made(dir, "churn") != 0)
+      fail_msg("seed %u kill %d: a half-made ring survived", seed, kills);
+  }
+  print_message("%d of %d kills hit a creation\n", caught, kills);
+  assert_true(caught > 0); /* the case under test did happen */
+  assert_int_equal(ms_shm_destroy(shm), 0);
+  expect_clean(dir);
+}
+
+/* A kill -9 storm: subscriber processes receive tensors while the
+ * producer streams them under the block policy, and are killed at seeded
+ * random moments, some while they start and attach; replacements keep
+ * coming.  Every send succeeds within its timeout (a dead subscriber does
+ * not hold the producer back for long), every survivor receives in order
+ * up to the last message (a few are sent once all are attached) and then
+ * MS_EPIPE, and after a sweep nothing is left. */
+static void test_kill_storm(void **state) {
+  (void)state;
+  enum { SUBS = 4, MESSAGES = 4000, TAIL = 8 };
+  char *dir = mkdir_ns();
+  ms_shm_t *shm = shm_in(dir);
+  ms_channel_t *ch = producer(shm, "storm", 16, MS_CHANNEL_BLOCK);
+  proc subs[SUBS];
+  int kills = 0;
+  for (int k = 0; k < SUBS; k++) /* their "ready" is read after the storm */
+    subs[k] = spawn("subt", dir, "storm", 0, 0);
+  for (uint64_t i = 0; i < MESSAGES + TAIL; i++) {
+    if (i == MESSAGES) /* the storm is over: everyone attached */
+      for (int k = 0; k < SUBS; k++)
+        expect_ready(&subs[k]);
+    if (i < MESSAGES && rand_r(&seed) % 150 == 0) {
+      int k = (int)((unsigned)rand_r(&seed) % SUBS);
+      /* Half the time the victim has only just been started. */
+      for (int twice = 0; twice < 1 + (rand_r(&seed) & 1); twice++) {
+        if (twice)
+          usleep((useconds_t)(rand_r(&seed) % 3000));
+        kill(subs[k].pid, SIGKILL);
+        assert_int_equal(reap(&subs[k]), 128 + SIGKILL);
+        kills++;
+        subs[k] = spawn("subt", dir, "storm", 0, 0);
+      }
+    }
+    int64_t shape[1] = {64};
+    ms_tensor_t *t = NULL;
+    assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_UINT64, 1, shape, NULL, &t),
+                     0);
+    uint64_t *d = ms_tensor_data(t);
+    for (int k = 0; k < 64; k++)
+      d[k] = i;
+    int rc = ms_channel_send_tensor(ch, t, &i, sizeof(i), 30000);
+    ms_tensor_release(t);
+    if (rc != 0)
+      fail_msg("seed %u: send %llu after %d kills: %s", seed,
+               (unsigned long long)i, kills, ms_err_name(rc));
+  }
+  /* Delivered to every live subscriber (close releases the tensors it
+   * keeps), dead ones dropped on the way; then the survivors get
+   * MS_EPIPE. */
+  assert_int_equal(ms_channel_flush(ch, 30000), 0);
+  ms_channel_close(ch);
+  for (int k = 0; k < SUBS; k++) {
+    char buf[256];
+    line_of(&subs[k], buf, sizeof(buf));
+    unsigned long long got = 0, dropped = 1, last = 0;
+    if (sscanf(buf, "ok %llu %llu %llu", &got, &dropped, &last) != 3 ||
+        dropped != 0 || last != MESSAGES + TAIL - 1 || got < TAIL)
+      fail_msg("seed %u: subscriber %d: %s", seed, k, buf);
+    assert_int_equal(reap(&subs[k]), 0);
+  }
+  print_message("%d kills over %d messages\n", kills, MESSAGES);
+  assert_int_equal(ms_shm_destroy(shm), 0);
+  expect_clean(dir);
+}
+
 /* Forged ring headers: every one is MS_EBADREGION at open. */
 static void write_ring(const char *dir, const void *bytes, size_t n) {
   char path[256];
@@ -648,6 +814,93 @@ static void test_idle_cpu(void **state) {
   expect_clean(dir);
 }
 
+/* A counter of ch's stats JSON. */
+static unsigned long long stat_of(ms_channel_t *ch, const char *key) {
+  char *json = NULL, k[64];
+  assert_int_equal(ms_channel_stats_json(ch, &json), 0);
+  (void)snprintf(k, sizeof(k), "\"%s\":", key);
+  const char *f = strstr(json, k);
+  assert_non_null(f);
+  unsigned long long v = strtoull(f + strlen(k), NULL, 10);
+  ms_free(json);
+  return v;
+}
+
+static void pin_to(int cpu) {
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  CPU_SET(cpu, &s);
+  assert_int_equal(sched_setaffinity(0, sizeof(s), &s), 0); /* this thread */
+}
+
+typedef struct slow_sender {
+  ms_channel_t *ch;
+  int cpu, n, failed;
+} slow_sender;
+
+static void send_slowly(void *arg) {
+  slow_sender *c = arg;
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  CPU_SET(c->cpu, &s);
+  c->failed = sched_setaffinity(0, sizeof(s), &s) != 0;
+  for (uint64_t i = 0; i < (uint64_t)c->n && !c->failed; i++) {
+    usleep(300); /* the receiver is waiting for each message */
+    c->failed = ms_channel_send(c->ch, &i, sizeof(i), 10000) != 0;
+  }
+}
+
+/* C10: a receiver with a short spin window on the CPU the producer last
+ * sent from does not spin (it would only delay the producer); one on
+ * another CPU spins as usual, and so does one with a window of 1 ms or
+ * more.  Producer thread and receiver pinned to the same CPU, then to
+ * two; then the same CPU with a 2 ms window. */
+static void test_spin_only_across_cpus(void **state) {
+  (void)state;
+  cpu_set_t orig;
+  assert_int_equal(sched_getaffinity(0, sizeof(orig), &orig), 0);
+  if (!CPU_ISSET(0, &orig) || !CPU_ISSET(1, &orig))
+    skip(); /* needs CPUs 0 and 1 */
+  char *dir = mkdir_ns();
+  ms_shm_t *a = shm_in(dir), *b = shm_in(dir);
+  const int n = 60;
+  for (int run = 0; run < 3; run++) {
+    const int other = run == 1; /* the producer's CPU */
+    ms_channel_t *ch = producer(a, "cpus", 16, MS_CHANNEL_BLOCK), *sub = NULL;
+    ms_channel_options_t o = MS_CHANNEL_OPTIONS_INIT;
+    o.spin_us = run == 2 ? 2000 : 20;
+    assert_int_equal(ms_channel_open(b, "cpus", &o, &sub), 0);
+    pin_to(0);
+    slow_sender c = {ch, other, n, 0};
+    uv_thread_t th;
+    assert_int_equal(uv_thread_create(&th, send_slowly, &c), 0);
+    for (uint64_t i = 0; i < (uint64_t)n; i++) {
+      uint64_t v = 0;
+      size_t len = 0;
+      int rc = ms_channel_recv(sub, &v, sizeof(v), &len, 10000);
+      if (rc != 0 || v != i)
+        fail_msg("message %llu: %s, got %llu", (unsigned long long)i,
+                 ms_err_name(rc), (unsigned long long)v);
+    }
+    assert_int_equal(uv_thread_join(&th), 0);
+    assert_int_equal(sched_setaffinity(0, sizeof(orig), &orig), 0);
+    assert_int_equal(c.failed, 0);
+    unsigned long long skips = stat_of(sub, "spin_skips");
+    print_message("producer on CPU %d, receiver on CPU 0, %u us window: %llu "
+                  "of %d waits did not spin\n",
+                  other, o.spin_us, skips, n);
+    if (run == 0)
+      assert_true(skips >= (unsigned long long)n / 2); /* all but a few */
+    else
+      assert_int_equal(skips, 0);
+    ms_channel_close(sub);
+    ms_channel_close(ch);
+  }
+  assert_int_equal(ms_shm_destroy(b), 0);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  expect_clean(dir);
+}
+
 /* A libuv loop in a second process receives through recv_start. */
 static void test_uv_loop(void **state) {
   (void)state;
@@ -686,6 +939,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_api_edges),
+      cmocka_unit_test(test_stage_names),
       cmocka_unit_test(test_forged_headers),
       cmocka_unit_test(test_order_1),
       cmocka_unit_test(test_order_2),
@@ -697,7 +951,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_fork_child),
       cmocka_unit_test(test_kill_subscriber),
       cmocka_unit_test(test_kill_producer),
+      cmocka_unit_test(test_kill_creating_producer),
+      cmocka_unit_test(test_kill_storm),
       cmocka_unit_test(test_idle_cpu),
+      cmocka_unit_test(test_spin_only_across_cpus),
       cmocka_unit_test(test_uv_loop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,6 +25,9 @@
 #define MS__CAPABILITIES_V1 48
 /* 1.1 structs: frozen with release 1.1. */
 #define MS__CHANNEL_OPTIONS_V1 32
+/* Host-scope images (first released with them). */
+#define MS__IMAGE_OPTIONS_V1 56
+#define MS__IMAGE_SOURCE_V1 24
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller

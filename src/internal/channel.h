@@ -27,10 +27,20 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 #define MS__CH_NAME_MAX 32
 #define MS__CH_OBJ_MAX (5 + MS__CH_NAME_MAX + 5)
 
+/* A ring is built under a staging name and then linked to its ring name
+ * (C0):  msch-<name>.<creator token, 16 hex>-<random, 8 hex>.new  .  It
+ * carries its creator's liveness token, so that a reclaim can tell an
+ * abandoned creation from one under way; like the ring name it contains a
+ * '.' and does not end in ".lock". */
+#define MS__CH_STAGE_SUFFIX ".new"
+#define MS__CH_STAGE_MAX (MS__CH_OBJ_MAX - 5 + 1 + 16 + 1 + 8 + 4)
+
 /* 1 if name is a valid user channel name. */
 int ms__ch_name_valid(const char *name);
 /* 0 if obj is exactly a ring object name (its user name not returned). */
 int ms__ch_obj_parse(const char *obj);
+/* 0 and *token if obj is exactly a staging name. */
+int ms__ch_stage_parse(const char *obj, uint64_t *token);
 
 /* ------------------------------------------------------------------------ */
 /* Layout, native byte order, version 1.                                    */
@@ -69,7 +79,8 @@ typedef struct ms__ch_hdr {
   _Atomic uint64_t head;    /* 128: messages published */
   _Atomic uint32_t closed;  /* 136: 1 once the producer closed cleanly */
   _Atomic uint32_t ready;   /* 140: 1 once the header is complete */
-  uint8_t pad1[48];         /* 144 */
+  _Atomic uint32_t p_cpu;   /* 144: ms__cpu_now() at the last send (C10) */
+  uint8_t pad1[44];         /* 148 */
   _Atomic uint32_t space;   /* 192: futex word the producer sleeps on */
   _Atomic uint32_t p_sleep; /* 196: 1 while the producer waits for space */
   uint8_t pad2[56];         /* 200 */
@@ -124,6 +135,19 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  * one total order; slot payloads are plain bytes, ordered by the release
  * store of slot.seq / head and the acquire loads that read them.
  *
+ * C0. Creation.  P builds the ring under its staging name (new, zeroed,
+ *     fully backed), writes the whole header (C1), and only then links it
+ *     to the ring name, which never replaces an existing object; the
+ *     staging name goes right after.  So the ring name only ever names a
+ *     complete ring, whose producer_token says who made it: a ring whose
+ *     producer died (at any point) is found dead by its token and
+ *     unlinked by the next create of that name or ms_channel_reclaim().  A
+ *     creation cut short leaves at most its staging object, whose name
+ *     carries the creator's token: ms_channel_reclaim() unlinks it once
+ *     that token is dead, and never while its creator lives.  (Where
+ *     objects cannot be linked, Win32, the ring is built under its name:
+ *     there an object dies with its last handle, so a dead creator's half
+ *     ring vanishes with it, and openers refuse it until ready == 1.)
  * C1. P writes the plain header fields once, then stores ready = 1.  A
  *     subscriber reads ready == 1 before it snapshots the header, and uses
  *     only the validated snapshot (ms__ch_hdr_validate) for geometry.
@@ -192,7 +216,22 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  * C9. fork(): a channel handle inherited by a forked child belongs to the
  *     parent (like its allocator, I8 of internal/shm.h): every call but
  *     close refuses, and close frees only the child's memory.
+ * C10. Spinning only where it can help.  P stores p_cpu = ms__cpu_now()
+ *     with every publication (in head's cache line, which it writes
+ *     anyway).  A subscriber about to spin (C6) for less than
+ *     MS__CH_SPIN_SHARED_US skips the spin and goes straight to the sleep
+ *     protocol when p_cpu is its own CPU: P last ran there, so P is
+ *     waiting for this very CPU (or has moved), and so short a spin only
+ *     delays the message it waits for (measured: a 20 us window cost ~24
+ *     us a hop between two processes on one CPU, ~2.4 us without the
+ *     spin).  A longer window is a request for latency at the price of a
+ *     CPU: it spins anyway, which keeps both processes runnable, so the
+ *     scheduler moves one of them to another CPU (skipping it there would
+ *     keep the pair on one CPU, sleeping).  p_cpu is a hint read from
+ *     shared memory: any value only chooses between a bounded spin and
+ *     C6's sleep, which is correct either way.
  */
+#define MS__CH_SPIN_SHARED_US 1000u
 #define MS__CH_LIVENESS_MS 100u
 
 #endif

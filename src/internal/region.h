@@ -146,5 +146,14 @@ int ms__notify_open(intptr_t *rd, intptr_t *wr);
 void ms__notify_signal(intptr_t wr);
 void ms__notify_drain(intptr_t rd);
 void ms__notify_close(intptr_t rd, intptr_t wr);
+/* 1 + the number of the CPU the calling thread runs on, 0 if unknown.
+ * Cheap (no system call where the platform can help it); a hint only. */
+uint32_t ms__cpu_now(void);
+/* Gives the existing object `from` the second name `to` (a hard link), so
+ * that an object built under a private name appears under its public one
+ * complete, at once.  MS_EBUSY if `to` exists (it is never replaced),
+ * MS_ENOTSUP where objects have one name only (Win32: there an object
+ * dies with its last handle, so an interrupted creation leaves nothing). */
+int ms__region_link(const ms__ns *ns, const char *from, const char *to);
 
 #endif

@@ -1,5 +1,6 @@
 /* libFuzzer: the channel ring header validator and the receive path, fed
- * as a ring file.  Each input becomes the bytes of msch-fz.ring in a
+ * as a ring file (and the ring and staging name parsers, fed its first
+ * bytes).  Each input becomes the bytes of msch-fz.ring in a
  * private tmpfs directory; the header validator runs on the input itself,
  * then a subscriber opens the file and receives with timeout 0 (raw and
  * tensor), so that validated geometry and every slot field are exercised.
@@ -46,6 +47,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ms__ch_geom g;
   (void)ms__ch_hdr_validate(data, size, &g); /* the bare validator */
+  /* The names a reclaim reads from the namespace listing. */
+  char name[96];
+  size_t nl = size < sizeof(name) - 1 ? size : sizeof(name) - 1;
+  memcpy(name, data, nl);
+  name[nl] = '\0';
+  uint64_t stage_token = 0;
+  (void)ms__ch_obj_parse(name);
+  (void)ms__ch_stage_parse(name, &stage_token);
   if (size == 0)
     return 0;
 
