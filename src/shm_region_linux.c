@@ -492,5 +492,5 @@ int ms__region_link(const ms__ns *ns, const char *from, const char *to) {
       return MS_EINVAL;
     rc = link(a, b);
   }
-  return rc == 0 ? 0 : errno == EEXIST ? MS_EBUSY : err_of(errno);
+  return rc == 0 ? 0 : errno == EEXIST ? MS_EBUSY : ms__posix_err(errno);
 }
