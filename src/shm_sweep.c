@@ -140,18 +140,27 @@ static int sweep_region(const char *name, void *user) {
  * kernel frees one with its last descriptor and mapping.  What a sweep
  * still owes them is the holder protocol: the slots of dead holders in the
  * ones mapped here (ours and opened ones), so that they become FREE and
- * their mappings can go (pool_refresh, cache_prune). */
+ * their mappings can go (pool_refresh, cache_prune).  May drop m. */
 static void sweep_anon(sweep_ctx *c, ms__map *m) {
   ms__hdr *h = m->hdr;
-  if (m->region.readonly) /* frozen: no slots, nothing to write */
+  uint64_t creator = 0;
+  if (m->region.readonly) {
+    /* Frozen: no slots, and nothing here may write it.  A cached mapping
+     * nobody here holds goes once its creator is dead: the descriptor
+     * cannot open anywhere else any more, so the cache must not keep the
+     * pages (or the descriptor) alive. */
+    if (m->handles == 0 && m->in_lru &&
+        ms__name_parse(m->name, NULL, &creator) == 0 &&
+        !alive_cached(c, creator))
+      ms__map_drop(c->shm, m);
     return;
+  }
   for (int i = 0; i < MS__SLOTS; i++) {
     uint64_t t = atomic_load(&h->slots[i]);
     if (t != 0 && !alive_cached(c, t))
       ms__slot_clear(h, i, t);
   }
   (void)ms__life_free(h);
-  uint64_t creator = 0;
   if (!m->own && ms__name_parse(m->name, NULL, &creator) == 0 &&
       !alive_cached(c, creator))
     (void)ms__life_kill(h, 1); /* nobody will recycle it */
@@ -184,9 +193,11 @@ int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
     ms__free(names);
   }
   for (size_t b = 0; b < MS__NBUCKETS; b++)
-    for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+    for (ms__map *m = shm->buckets[b], *next; m != NULL; m = next) {
+      next = m->next; /* sweep_anon may drop m */
       if (ms__is_locator(m->name))
         sweep_anon(c, m);
+    }
   ms__cache_prune(shm);
   if (reclaimed != NULL)
     *reclaimed = c->reclaimed;

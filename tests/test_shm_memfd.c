@@ -629,6 +629,52 @@ static void test_frozen_memfd_is_sealed(void **state) {
   assert_int_equal(memfds_of(getpid()), 0);
 }
 
+/* A frozen memfd whose creator dies: consumers that cached it keep no
+ * slot in it, so only a sweep (creator dead) lets the cache drop it. */
+static void test_frozen_memfd_creator_dies(void **state) {
+  (void)state;
+  int out[2];
+  assert_int_equal(pipe(out), 0);
+  fflush(NULL);
+  pid_t creator = fork();
+  assert_true(creator >= 0);
+  if (creator == 0) { /* its own allocator, as a separate producer */
+    ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+    o.backend = MS_SHM_BACKEND_MEMFD;
+    ms_shm_t *shm = NULL;
+    int64_t shape[1] = {65536};
+    ms_tensor_t *t = NULL;
+    char desc[MS_DESCRIPTOR_MAX] = "";
+    if (ms_shm_create(&o, &shm) == 0 &&
+        ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &t) == 0) {
+      memset(ms_tensor_data(t), 0x42, 65536);
+      if (ms_tensor_freeze(t) == 0)
+        (void)ms_tensor_descriptor(t, desc, sizeof(desc));
+    }
+    if (write(out[1], desc, sizeof(desc)) != (ssize_t)sizeof(desc))
+      _exit(1);
+    pause();
+    _exit(0);
+  }
+  char desc[MS_DESCRIPTOR_MAX];
+  assert_int_equal(read(out[0], desc, sizeof(desc)), sizeof(desc));
+  close(out[0]), close(out[1]);
+  assert_int_equal(strncmp(desc, "ms2:", 4), 0);
+  ms_shm_t *cons = new_shm(MS_SHM_BACKEND_NAMED, 0);
+  ms_tensor_t *u = NULL;
+  assert_int_equal(ms_tensor_open(cons, desc, 0, &u), 0);
+  assert_int_equal(((unsigned char *)ms_tensor_data(u))[65535], 0x42);
+  ms_tensor_release(u); /* cached: LIVE, and nobody here can mark it */
+  assert_int_equal(memfds_of(getpid()), 1);
+  assert_int_equal(ms_shm_sweep(cons, NULL), 0); /* creator alive: kept */
+  assert_int_equal(memfds_of(getpid()), 1);
+  (void)kill9(creator);
+  assert_int_equal(ms_shm_sweep(cons, NULL), 0);
+  assert_int_equal(memfds_of(getpid()), 0); /* the last mapping is gone */
+  assert_int_equal(ms_tensor_open(cons, desc, 0, &u), MS_ENOENT);
+  assert_int_equal(ms_shm_destroy(cons), 0);
+}
+
 /* ------------------------------------------------------------------------ */
 
 /* pat with its "%s" (if any) replaced by tail. */
@@ -729,6 +775,7 @@ int main(int argc, char **argv) {
       T(test_mixed_memfd_producer_named_holder),
       T(test_mixed_named_producer_memfd_holder),
       T(test_frozen_memfd_is_sealed),
+      T(test_frozen_memfd_creator_dies),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
