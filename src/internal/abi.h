@@ -25,6 +25,10 @@
 #define MS__CAPABILITIES_V1 48
 /* 1.1 structs: frozen with release 1.1. */
 #define MS__CHANNEL_OPTIONS_V1 32
+/* Model worker structs: frozen with the release that adds them. */
+#define MS__WORKER_OPTIONS_V1 64
+#define MS__WORKER_MODEL_V1 64
+#define MS__CLIENT_OPTIONS_V1 48
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller
