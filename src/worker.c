@@ -108,10 +108,12 @@ int ms_worker_add_model(ms_worker_t *w, const char *name,
   for (ms__wmodel *x = w->models; rc == 0 && x != NULL; x = x->next)
     if (strcmp(x->name, name) == 0)
       rc = ms__errmsg_set(w, MS_EBUSY, "model name %s is taken", name);
-  ms__wmodel *wm = NULL;
-  if (rc == 0 && (wm = ms__calloc(1, sizeof(*wm))) == NULL)
-    rc = ms__errmsg_set(w, MS_ENOMEM, "out of memory");
-  if (rc == 0) {
+  ms__wmodel *wm = rc == 0 ? ms__calloc(1, sizeof(*wm)) : NULL;
+  if (rc == 0 && wm == NULL) {
+    (void)ms__errmsg_set(w, MS_ENOMEM, "out of memory");
+    rc = MS_ENOMEM;
+  }
+  if (wm != NULL) {
     rc = ms_registry_acquire(w->reg, m.path, m.config_json, m.loader,
                              MS_WAIT_FOREVER, &wm->handle);
     if (rc != 0)
@@ -120,7 +122,7 @@ int ms_worker_add_model(ms_worker_t *w, const char *name,
                                ? ms_registry_errmsg(w->reg)
                                : ms_strerror(rc));
   }
-  if (rc != 0) {
+  if (rc != 0 || wm == NULL) {
     ms__free(wm);
     if (m.release != NULL)
       m.release(m.user);

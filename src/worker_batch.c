@@ -120,7 +120,7 @@ static void encode(ms_worker_t *w, ms__job *j) {
 }
 
 static void run_batch(ms_worker_t *w, ms__wmodel *m, ms__job **jobs, size_t n) {
-  ms__job *run[64];
+  ms__job *run[64] = {NULL};
   ms_worker_request_t req[64];
   ms_worker_request_t *reqs[64];
   size_t k = 0;
