@@ -1624,8 +1624,9 @@ MS_EXPORT int ms_worker_destroy(ms_worker_t *w);
  *                    handshake)
  *   refused_uid      of which for another peer uid
  *   requests         requests received
- *   responses        responses sent
- *   inflight         requests received and not yet answered
+ *   responses        requests finished: answered, or dropped with the
+ *                    connection of a client that left
+ *   inflight         requests - responses
  *   errors           object: error name ("MS_EBUSY", ...) -> requests that
  *                    failed with it
  *   protocol_errors  connections closed for a malformed or oversized frame

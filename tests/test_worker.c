@@ -464,6 +464,75 @@ static void test_async(void **state) {
   ms_client_close(c);
 }
 
+typedef struct hctx {
+  ms_worker_t *w;
+  ms_client_t *c;
+  ms_tensor_t *in;
+  uv_async_t kick;
+  int done, bad, destroy_rc;
+} hctx;
+
+static void host_cb(int status, ms_tensor_t **outputs, size_t n_out,
+                    void *user) {
+  hctx *h = user;
+  if (status != 0 || !matches(h->in, outputs, n_out))
+    h->bad++;
+  release_all(outputs, n_out);
+  if (++h->done == 4) {
+    /* On the loop thread: stop only begins the drain. */
+    assert_int_equal(ms_worker_stop(h->w), 0);
+    h->destroy_rc = ms_worker_destroy(h->w);
+  }
+}
+
+/* The client connects on a thread of its own (the loop must run for the
+ * worker to answer), then kicks the loop, which sends the requests. */
+static void host_connect(void *arg) {
+  hctx *h = arg;
+  h->c = client_up(0);
+  uv_async_send(&h->kick);
+}
+
+static void host_kick(uv_async_t *a) {
+  hctx *h = a->data;
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(ms_client_infer_async(h->c, a->loop, "echo", &h->in, 1,
+                                           30000, host_cb, h),
+                     0);
+  uv_close((uv_handle_t *)a, NULL);
+}
+
+/* A worker on the host's loop (ms_worker_start), with an async client on
+ * the same loop; stopped from a callback, it is destroyed once the loop
+ * has run the drain. */
+static void test_host_loop(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  ms_worker_options_t o = wopts();
+  assert_int_equal(ms_worker_create(&o, NULL, F.wshm, &F.w), 0);
+  assert_int_equal(wm_add_all(F.w), 0);
+  assert_int_equal(ms_worker_start(F.w, &loop), 0);
+  assert_int_equal(ms_worker_start(F.w, &loop), MS_EBUSY);
+  unsigned r = seed + 17;
+  hctx h = {F.w, NULL, input(F.cshm, 300, &r), {0}, 0, 0, 1};
+  h.kick.data = &h;
+  assert_int_equal(uv_async_init(&loop, &h.kick, host_kick), 0);
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, host_connect, &h), 0);
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uv_thread_join(&t);
+  assert_int_equal(h.done, 4);
+  assert_int_equal(h.bad, 0);
+  assert_int_equal(h.destroy_rc, MS_EBUSY); /* still draining then */
+  assert_int_equal(ms_worker_destroy(F.w), 0);
+  F.w = NULL;
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(ms_client_ping(h.c, 10000), MS_EDISCONNECTED);
+  ms_tensor_release(h.in);
+  ms_client_close(h.c);
+}
+
 /* ------------------------------------------------------------------------ */
 /* crashes                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -890,6 +959,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_inline, setup, teardown),
       cmocka_unit_test_setup_teardown(test_batching, setup, teardown),
       cmocka_unit_test_setup_teardown(test_async, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_host_loop, setup, teardown),
       cmocka_unit_test_setup_teardown(test_client_killed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_worker_killed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoints, setup, teardown),
