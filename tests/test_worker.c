@@ -203,7 +203,7 @@ typedef struct proc {
 } proc;
 
 static proc spawn(const char *a1, const char *a2, const char *a3,
-                  const char *a4, const char *a5) {
+                  const char *a4, const char *a5, const char *a6) {
   proc p = {-1, NULL};
   int fds[2];
   assert_int_equal(pipe(fds), 0);
@@ -214,7 +214,7 @@ static proc spawn(const char *a1, const char *a2, const char *a3,
     dup2(fds[1], 1);
     close(fds[0]);
     close(fds[1]);
-    execl(peer_exe, peer_exe, a1, a2, a3, a4, a5, (char *)NULL);
+    execl(peer_exe, peer_exe, a1, a2, a3, a4, a5, a6, (char *)NULL);
     _exit(127);
   }
   close(fds[1]);
@@ -239,7 +239,7 @@ static int reap(proc *p) {
 }
 
 static proc worker_proc(void) {
-  proc p = spawn("worker", F.ep, F.shmdir, NULL, NULL);
+  proc p = spawn("worker", F.ep, F.shmdir, NULL, NULL, NULL);
   expect_line(&p, "ready");
   return p;
 }
@@ -544,7 +544,7 @@ static void test_client_killed(void **state) {
   (void)state;
   ms_worker_options_t o = wopts();
   worker_up(&o);
-  proc p = spawn("client", F.ep, F.shmdir, "slow", "30"); /* 300 ms */
+  proc p = spawn("client", F.ep, F.shmdir, "slow", "30", NULL); /* 300 ms */
   expect_line(&p, "sent");
   wait_stat_at_least(F.w, "requests", 1);
   kill(p.pid, SIGKILL);
@@ -647,6 +647,84 @@ static void test_worker_killed(void **state) {
   int st = reap(&p);
   assert_true(WIFEXITED(st));
   assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* Seeded rounds of mixed configurations with real processes: a worker
+ * (inline or not, 1-2 threads, max_batch 1-8) and 1-3 client processes
+ * (inline or not) sending random requests to the three models, while the
+ * round kills the worker (and starts a new one on the same endpoint), or
+ * kills a client, or nothing, at a random moment.  Invariants: every answer
+ * a client gets is its own request's, every call returns (0 or
+ * MS_EDISCONNECTED), the worker serves on and stops cleanly, and after a
+ * sweep nothing of any round is left.  MS_WORKER_SECONDS (default 20)
+ * bounds the rounds; MS_SEED replays them. */
+static void test_random_kills(void **state) {
+  (void)state;
+  const char *env = getenv("MS_WORKER_SECONDS");
+  double secs = env != NULL ? atof(env) : 20.0;
+  uint64_t end = uv_hrtime() + (uint64_t)(secs * 1e9);
+  size_t baseline = dir_entries(F.shmdir); /* our own allocators' tokens */
+  unsigned r = seed;
+  int rounds = 0, kills[3] = {0, 0, 0};
+  do {
+    unsigned rs = (unsigned)rand_r(&r), x = rs;
+    char cfg[32], cseed[3][16], inl[3][4];
+    (void)snprintf(cfg, sizeof(cfg), "%u:%u:%u", (unsigned)rand_r(&x) % 2,
+                   1 + (unsigned)rand_r(&x) % 2, 1 + (unsigned)rand_r(&x) % 8);
+    proc w = spawn("worker", F.ep, F.shmdir, cfg, NULL, NULL);
+    expect_line(&w, "ready");
+    int nc = 1 + rand_r(&x) % 3;
+    proc c[3];
+    for (int i = 0; i < nc; i++) {
+      (void)snprintf(cseed[i], sizeof(cseed[i]), "%u", (unsigned)rand_r(&x));
+      (void)snprintf(inl[i], sizeof(inl[i]), "%d", rand_r(&x) % 2);
+      c[i] = spawn("loop", F.ep, F.shmdir, inl[i], "30", cseed[i]);
+    }
+    uv_sleep((unsigned)rand_r(&x) % 300);
+    int action = rand_r(&x) % 3;
+    kills[action]++;
+    if (action == 0) { /* the worker dies; a new one takes over */
+      kill(w.pid, SIGKILL);
+      (void)reap(&w);
+      w = spawn("worker", F.ep, F.shmdir, cfg, NULL, NULL);
+      expect_line(&w, "ready");
+    } else if (action == 1) {
+      kill(c[0].pid, SIGKILL);
+    }
+    for (int i = 0; i < nc; i++) {
+      char line[128] = "";
+      int got = fgets(line, sizeof(line), c[i].out) != NULL;
+      int st = reap(&c[i]);
+      if (action == 1 && i == 0)
+        continue; /* killed, or finished before the kill */
+      if (!got || strncmp(line, "done ", 5) != 0 || !WIFEXITED(st) ||
+          WEXITSTATUS(st) != 0)
+        fail_msg("round %d (MS_SEED=%u, round seed %u, worker %s): client "
+                 "%d said '%s', status %d",
+                 rounds, seed, rs, cfg, i, line, st);
+    }
+    kill(w.pid, SIGTERM);
+    int st = reap(&w);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+      fail_msg("round %d (MS_SEED=%u, round seed %u): worker status %d", rounds,
+               seed, rs, st);
+    ms_shm_options_t so = MS_SHM_OPTIONS_INIT;
+    so.dir = F.shmdir;
+    const char *prefixes[] = {"wp-", "wc-"};
+    for (int i = 0; i < 2; i++) {
+      ms_shm_t *sw = NULL;
+      so.prefix = prefixes[i];
+      assert_int_equal(ms_shm_create(&so, &sw), 0); /* sweeps */
+      assert_int_equal(ms_shm_destroy(sw), 0);
+    }
+    size_t left = dir_entries(F.shmdir);
+    if (left != baseline)
+      fail_msg("round %d (MS_SEED=%u, round seed %u): %zu objects left", rounds,
+               seed, rs, left - baseline);
+    rounds++;
+  } while (uv_hrtime() < end);
+  fprintf(stderr, "%d rounds: %d worker kills, %d client kills, %d calm\n",
+          rounds, kills[0], kills[1], kills[2]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -962,6 +1040,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_host_loop, setup, teardown),
       cmocka_unit_test_setup_teardown(test_client_killed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_worker_killed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_random_kills, setup, teardown),
       cmocka_unit_test_setup_teardown(test_endpoints, setup, teardown),
       cmocka_unit_test_setup_teardown(test_peer_uid, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hostile, setup, teardown),
