@@ -865,6 +865,20 @@ static ssize_t read_to_eof(int fd) {
   return n == 0 ? total : -1;
 }
 
+static void write_hello(int fd, uint16_t proto) {
+  ms__wbuf b;
+  ms__wbuf_begin(&b, MS__MSG_HELLO, 0);
+  ms__wbuf_u32(&b, MS__WIRE_MAGIC);
+  ms__wbuf_u16(&b, proto);
+  ms__wbuf_u16(&b, MS__HELLO_INLINE);
+  ms__wbuf_u32(&b, ms_version());
+  ms__wbuf_u32(&b, 0);
+  ms__wbuf_str(&b, "", 0);
+  assert_int_equal(ms__wbuf_end(&b, 4096), 0);
+  assert_int_equal(write(fd, b.p, b.len), (ssize_t)b.len);
+  ms__wbuf_free(&b);
+}
+
 static void send_hello(int fd) {
   ms__wbuf b;
   ms__wbuf_begin(&b, MS__MSG_HELLO, 0);
@@ -905,6 +919,7 @@ static void test_hostile(void **state) {
   o.max_frame_bytes = 65536;
   o.max_inflight_per_client = 2;
   o.handshake_timeout_ms = 300;
+  o.max_clients = 2;
   worker_up(&o);
   ms_client_t *good = client_up(0);
   assert_int_equal(ms_client_ping(good, 10000), 0);
@@ -942,6 +957,18 @@ static void test_hostile(void **state) {
   ms__wbuf_free(&b);
   assert_int_equal(read_to_eof(fd), 0);
   close(fd);
+  /* Another protocol version: a BYE that says so, then the close. */
+  fd = raw_connect();
+  write_hello(fd, MS__WIRE_PROTO + 1);
+  uint8_t bye[512];
+  ssize_t got = 0, k;
+  while ((k = read(fd, bye + got, sizeof(bye) - (size_t)got)) > 0)
+    got += k;
+  ms__wire_msg m;
+  assert_int_equal(ms__wire_decode(bye, (size_t)got, 4096, &m, NULL), 0);
+  assert_int_equal(m.type, MS__MSG_BYE);
+  assert_int_equal(m.status, MS_ENOTSUP);
+  close(fd);
   /* Silence: closed at the handshake deadline. */
   fd = raw_connect();
   assert_int_equal(read_to_eof(fd), 0);
@@ -964,6 +991,14 @@ static void test_hostile(void **state) {
   assert_int_equal(l.ok, 2);
   assert_int_equal(uv_loop_close(&loop), 0);
   ms_tensor_release(in);
+  /* A third connection is over max_clients: refused and counted. */
+  ms_client_options_t co = MS_CLIENT_OPTIONS_INIT;
+  co.shm = F.cshm;
+  co.retry_attempts = 1;
+  ms_client_t *third = NULL;
+  double refused = stat_num(F.w, "refused");
+  assert_int_equal(ms_client_connect(F.ep, &co, &third), MS_EDISCONNECTED);
+  assert_true(stat_num(F.w, "refused") == refused + 1);
   ms_client_close(c);
   /* The good client never noticed. */
   in = input(F.cshm, 100, &r);
