@@ -95,8 +95,6 @@ struct ms_client {
   int desc_out; /* we open the worker's */
   size_t peer_max_body;
   ms_tensor_t *probe;
-  int last_err;
-  char last_why[200];
 };
 
 /* ------------------------------------------------------------------------ */
@@ -199,8 +197,6 @@ static void on_retry(uv_timer_t *t) { start_connect(t->data); }
 static void attempt_failed(ms_client_t *c, int code, const char *why) {
   conn_drop(c);
   c->state = S_IDLE;
-  c->last_err = code;
-  (void)snprintf(c->last_why, sizeof(c->last_why), "%s", why);
   if (code != MS_ENOTSUP && code != MS_EINVAL &&
       c->attempts < c->o.retry_attempts) {
     uint64_t ms = c->o.retry_backoff_ms;
