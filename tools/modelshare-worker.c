@@ -265,18 +265,12 @@ static int finish_worker(server *s) {
   return rc;
 }
 
-static int serve(const args *a, const ms_worker_model_t *m) {
+static int serve(const args *a, const char *name, const ms_worker_model_t *m) {
   server s;
   memset(&s, 0, sizeof(s));
   ms_registry_t *reg = NULL;
   ms_shm_t *shm = NULL;
   int status = EXIT_RUNTIME, rc;
-  char buf[MS_WORKER_NAME_MAX + 1];
-  const char *name = model_name(a, buf, sizeof(buf));
-  if (name == NULL) {
-    say("cannot make a model name of %s: give one with --name", a->model);
-    return EXIT_USAGE;
-  }
   ms_worker_options_t o = MS_WORKER_OPTIONS_INIT;
   o.endpoint = a->endpoint;
   if (a->max_batch >= 0)
@@ -366,12 +360,18 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
   ms_key_destroy(key);
+  char buf[MS_WORKER_NAME_MAX + 1];
+  const char *name = model_name(&a, buf, sizeof(buf));
+  if (name == NULL) {
+    say("cannot make a model name of %s: give one with --name", a.model);
+    return EXIT_USAGE;
+  }
 
   void *dl = NULL;
   ms_worker_model_t m;
   rc = load_plugin(&a, &dl, &m);
   if (rc == 0)
-    rc = serve(&a, &m);
+    rc = serve(&a, name, &m);
   /* The plugin stays loaded until every model it loaded is unloaded (the
    * registry was destroyed in serve()). */
   if (dl != NULL)
