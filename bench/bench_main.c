@@ -37,6 +37,9 @@ static const char usage[] =
     "                     python    the Python package vs Python's\n"
     "                               multiprocessing.shared_memory\n"
     "                     channel   descriptor channel latency, idle CPU\n"
+    "                     worker    model worker: round trip vs a raw Unix\n"
+    "                               socket, batching, PSS vs separate\n"
+    "                               processes on the speech model\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -136,6 +139,8 @@ int main(int argc, char **argv) {
     return msb_consumer_main();
   if (argc >= 2 && strcmp(argv[1], "--channel-peer") == 0)
     return msb_channel_peer_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "--worker-peer") == 0)
+    return msb_worker_peer_main(argc - 1, argv + 1);
 
   setvbuf(stdout, NULL, _IOLBF, 0); /* keep the table in step with stderr */
   msb_opts o = {0};
@@ -228,7 +233,8 @@ int main(int argc, char **argv) {
     int (*run)(const msb_opts *, cJSON *);
   } scenarios[] = {{"registry", msb_registry}, {"dedup", msb_dedup},
                    {"shm", msb_shm},           {"vision", msb_vision},
-                   {"python", msb_python},     {"channel", msb_channel}};
+                   {"python", msb_python},     {"channel", msb_channel},
+                   {"worker", msb_worker}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;
