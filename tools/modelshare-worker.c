@@ -19,6 +19,8 @@
  * option, bad number, malformed --config JSON, no usable model name).
  */
 #include <modelshare.h>
+
+#include <cjson/cJSON.h>
 #include <uv.h>
 
 #include <dlfcn.h>
@@ -245,12 +247,12 @@ static int watch_signals(server *s) {
 /* The worker's "requests" counter, or -1. */
 static double requests_served(ms_worker_t *w) {
   char *json = NULL;
-  double n = -1;
   if (ms_worker_stats_json(w, &json) != 0)
     return -1;
-  const char *p = strstr(json, "\"requests\":");
-  if (p != NULL)
-    n = strtod(p + strlen("\"requests\":"), NULL);
+  cJSON *j = cJSON_Parse(json);
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "requests");
+  double n = cJSON_IsNumber(v) ? v->valuedouble : -1;
+  cJSON_Delete(j);
   ms_free(json);
   return n;
 }
@@ -296,15 +298,17 @@ static int serve(const args *a, const char *name, const ms_worker_model_t *m) {
         ms_worker_errmsg(NULL));
     goto out;
   }
+  /* Watched from now on: a signal during the load is acted on once the
+   * loop runs (the worker then stops at once, nothing being in flight). */
+  if (watch_signals(&s) != 0) {
+    say("cannot watch SIGTERM and SIGINT");
+    goto out;
+  }
   /* Loads the model now, so that a loader failure stops us before we
    * listen. */
   if ((rc = ms_worker_add_model(s.worker, name, m)) != 0) {
     say("cannot load model %s with plugin %s: %s (%s)", a->model, a->plugin,
         ms_err_name(rc), ms_worker_errmsg(s.worker));
-    goto out;
-  }
-  if (watch_signals(&s) != 0) {
-    say("cannot watch SIGTERM and SIGINT");
     goto out;
   }
   if ((rc = ms_worker_start(s.worker, &s.loop)) != 0) {
