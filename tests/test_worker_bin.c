@@ -139,7 +139,7 @@ static void test_bad_config(void **state) {
                         "--config",   "{\"a\":1,}", NULL};
   assert_int_equal(run(f, &p, args), 2);
   assert_contains(wp_stderr(&p), "modelshare-worker: bad --config: ");
-  assert_contains(wp_stderr(&p), "offset");
+  assert_contains(wp_stderr(&p), "at byte 7"); /* where it went wrong */
   struct stat st;
   assert_int_not_equal(stat(f->endpoint, &st), 0); /* nothing half-done */
 }
