@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,20 +54,27 @@ typedef struct proc {
   int in;    /* its stdin (write end), when piped; closing it = "exit" */
 } proc;
 
-/* Starts argv[0] with argv; stdout captured and stdin piped when asked. */
-static proc spawn(char *const *argv, int capture) {
+/* Starts argv[0] with argv; stdout captured and stdin piped when asked,
+ * stderr to err_log when given.  The pipes are close-on-exec, so that no
+ * other child holds a peer's stdin open (it would never see EOF). */
+static proc spawn(char *const *argv, int capture, const char *err_log) {
   proc p = {-1, NULL, -1};
   int out[2] = {-1, -1}, in[2] = {-1, -1};
   if (capture && (pipe(out) != 0 || pipe(in) != 0))
     return p;
+  for (int i = 0; capture && i < 2; i++) {
+    (void)fcntl(out[i], F_SETFD, FD_CLOEXEC);
+    (void)fcntl(in[i], F_SETFD, FD_CLOEXEC);
+  }
   fflush(NULL);
   p.pid = fork();
   if (p.pid == 0) {
-    if (capture) {
-      dup2(out[1], 1);
-      dup2(in[0], 0);
-      close(out[0]), close(out[1]), close(in[0]), close(in[1]);
-    }
+    if (capture && (dup2(out[1], 1) < 0 || dup2(in[0], 0) < 0))
+      _exit(126);
+    int e =
+        err_log != NULL ? open(err_log, O_WRONLY | O_CREAT | O_TRUNC, 0600) : 2;
+    if (e < 0 || dup2(e, 2) < 0)
+      _exit(126);
     execv(argv[0], argv);
     _exit(127);
   }
@@ -164,6 +172,7 @@ typedef struct bench_dir {
   char path[64];
   char endpoint[96];
   char raw[96];
+  char log[96]; /* the worker's stderr */
 } bench_dir;
 
 static proc start_worker(const bench_dir *d, const char *plugin,
@@ -187,7 +196,22 @@ static proc start_worker(const bench_dir *d, const char *plugin,
                   "--threads",
                   "1",
                   NULL};
-  return spawn(argv, 0);
+  return spawn(argv, 0, d->log);
+}
+
+/* Stops the worker (SIGTERM: it drains and exits 0); shows its log when it
+ * did not. */
+static int stop_worker(const bench_dir *d, proc *w) {
+  if (reap(w, SIGTERM) == 0)
+    return 0;
+  char line[512];
+  FILE *f = fopen(d->log, "r");
+  msb_progress("worker: modelshare-worker failed; its log:");
+  while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+    fputs(line, stderr);
+  if (f != NULL)
+    fclose(f);
+  return -1;
 }
 
 /* A client connected to the worker once it listens (it may still be
@@ -271,7 +295,7 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
                        rtt_result *r) {
   char *sargv[] = {(char *)o->self, "--worker-peer", "sock", (char *)d->raw,
                    NULL};
-  proc sock = spawn(sargv, 1);
+  proc sock = spawn(sargv, 1, NULL);
   proc w =
       start_worker(d, MSB_TEST_PLUGIN, d->path, "{\"fixed_us\":0}", "1", "0");
   char line[64];
@@ -334,7 +358,7 @@ out:
   if (s >= 0)
     close(s);
   ok = reap(&sock, 0) == 0 && ok;
-  ok = reap(&w, SIGTERM) == 0 && ok;
+  ok = stop_worker(d, &w) == 0 && ok;
   free(wv);
   free(sv);
   return ok ? 0 : -1;
@@ -402,7 +426,7 @@ static double throughput(const bench_dir *d, const char *max_batch,
   uv_barrier_destroy(&go);
   ok = ok && worker_counts(probe, &r1, &b1) == 0 && b1 > b0;
   ms_client_close(probe);
-  ok = reap(&w, SIGTERM) == 0 && ok;
+  ok = stop_worker(d, &w) == 0 && ok;
   if (!ok)
     return -1;
   *mean_batch = (r1 - r0) / (b1 - b0);
@@ -497,7 +521,7 @@ static int measure_pss(const msb_opts *o, const bench_dir *d, const char *pcm,
   char *sep_argv[] = {(char *)o->self, "--worker-peer", "separate", (char *)pcm,
                       NULL};
   for (int i = 0; i < PSS_CLIENTS; i++)
-    p[i] = spawn(sep_argv, 1);
+    p[i] = spawn(sep_argv, 1, NULL);
   *separate = peers_pss(p, PSS_CLIENTS, 0, text[0]);
 
   proc w = start_worker(d, MSB_SPEECH_PLUGIN, SPEECH_MODEL_DIR,
@@ -505,9 +529,9 @@ static int measure_pss(const msb_opts *o, const bench_dir *d, const char *pcm,
   char *cl_argv[] = {(char *)o->self,     "--worker-peer", "client",
                      (char *)d->endpoint, (char *)pcm,     NULL};
   for (int i = 0; i < PSS_CLIENTS; i++)
-    p[i] = spawn(cl_argv, 1);
+    p[i] = spawn(cl_argv, 1, NULL);
   *with = peers_pss(p, PSS_CLIENTS, w.pid, text[1]);
-  int ok = reap(&w, SIGTERM) == 0 && *with > 0 && *separate > 0;
+  int ok = stop_worker(d, &w) == 0 && *with > 0 && *separate > 0;
   for (int i = 0; ok && i < PSS_CLIENTS; i++)
     ok = text[0][i][0] != '\0' && strcmp(text[0][i], text[1][i]) == 0;
   if (!ok)
@@ -540,6 +564,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
     return -1;
   (void)snprintf(d.endpoint, sizeof(d.endpoint), "%s/worker.sock", d.path);
   (void)snprintf(d.raw, sizeof(d.raw), "%s/raw.sock", d.path);
+  (void)snprintf(d.log, sizeof(d.log), "%s/worker.log", d.path);
   const int reps = o->quick ? 1 : o->reps;
   const int count = o->quick ? 1000 : 10000;
   const int per_client = o->quick ? 50 : 400;
@@ -592,6 +617,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
     msb_progress("worker: pocketsphinx or espeak-ng missing: no PSS figures");
   }
 #endif
+  unlink(d.log);
   rmdir(d.path);
   if (!ok) {
     free(v);
