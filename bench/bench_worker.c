@@ -289,6 +289,7 @@ static int peer_sock(const char *path) {
 
 typedef struct rtt_result {
   double worker_med, worker_p99, socket_med;
+  double ping_med; /* ms_client_ping: the path without inference */
 } rtt_result;
 
 static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
@@ -306,9 +307,11 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
   ms_tensor_t *in = NULL;
   double *wv = calloc((size_t)count, sizeof(double));
   double *sv = calloc((size_t)count, sizeof(double));
+  double *pv = calloc((size_t)count, sizeof(double));
   char msg[PAYLOAD], back[PAYLOAD];
   const int64_t shape[1] = {PAYLOAD};
-  if (wv == NULL || sv == NULL || read_line(&sock, line, sizeof(line)) != 0 ||
+  if (wv == NULL || sv == NULL || pv == NULL ||
+      read_line(&sock, line, sizeof(line)) != 0 ||
       (s = unix_socket(d->raw, &a)) < 0 ||
       connect(s, (struct sockaddr *)&a, sizeof(a)) != 0 ||
       ms_shm_create(NULL, &shm) != 0 ||
@@ -341,6 +344,12 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
       if (k >= 0)
         wv[k * chunk + i] = (double)(uv_hrtime() - t0) / 1e3;
     }
+    for (int i = 0; ok && i < n; i++) {
+      uint64_t t0 = uv_hrtime();
+      ok = ms_client_ping(c, TIMEOUT_MS) == 0;
+      if (k >= 0)
+        pv[k * chunk + i] = (double)(uv_hrtime() - t0) / 1e3;
+    }
   }
   if (ok && sum == 0)
     ok = 0; /* never: the payload is not all zeros */
@@ -349,6 +358,7 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
     r->socket_med = msb_median(sv, n);
     r->worker_med = msb_median(wv, n);
     r->worker_p99 = percentile(wv, n, 0.99);
+    r->ping_med = msb_median(pv, n);
   }
 out:
   ms_tensor_release(in);
@@ -361,6 +371,7 @@ out:
   ok = stop_worker(d, &w) == 0 && ok;
   free(wv);
   free(sv);
+  free(pv);
   return ok ? 0 : -1;
 }
 
@@ -572,15 +583,16 @@ int msb_worker(const msb_opts *o, cJSON *root) {
 
   msb_progress("worker: %d x %d round trips of %d bytes (worker, raw socket)",
                reps, count, PAYLOAD);
-  double *v = calloc((size_t)reps * 7, sizeof(double));
+  double *v = calloc((size_t)reps * 8, sizeof(double));
   double *wmed = v, *wp99 = v + reps, *smed = v + 2 * reps,
          *brps = v + 3 * reps, *urps = v + 4 * reps, *mb = v + 5 * reps,
-         *ratio = v + 6 * reps;
+         *ratio = v + 6 * reps, *pmed = v + 7 * reps;
   for (int r = 0; ok && r < reps; r++) {
-    rtt_result rr = {0, 0, 0};
+    rtt_result rr = {0, 0, 0, 0};
     ok = measure_rtt(o, &d, count, &rr) == 0;
     wmed[r] = rr.worker_med, wp99[r] = rr.worker_p99, smed[r] = rr.socket_med;
     ratio[r] = rr.worker_med / rr.socket_med;
+    pmed[r] = rr.ping_med;
   }
   msb_progress("worker: %d clients x %d requests, batched and unbatched "
                "(%d us per call)",
@@ -633,6 +645,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   }
 
   double rtt = msb_median(wmed, reps), p99 = msb_median(wp99, reps);
+  double ping = msb_median(pmed, reps);
   double sock = msb_median(smed, reps), rr = msb_median(ratio, reps);
   double b = msb_median(brps, reps), u = msb_median(urps, reps);
   double mean_batch = msb_median(mb, reps);
@@ -647,6 +660,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   printf("raw Unix socket round trip (floor)  %9.1f us median\n", sock);
   printf("client -> worker -> client (echo)   %9.1f us median, %.1f us p99\n",
          rtt, p99);
+  printf("client -> worker ping (no model)    %9.1f us median\n", ping);
   printf("ratio vs raw socket                 %9.2fx    %s (<= %.0fx)\n", rr,
          msb_pass(ok_rtt), RTT_RATIO_TARGET);
   printf("%d clients, max batch 8             %9.0f requests/s\n", CLIENTS, b);
@@ -671,6 +685,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   cJSON_AddNumberToObject(j, "rtt_us_median", rtt);
   cJSON_AddNumberToObject(j, "rtt_us_p99", p99);
   cJSON_AddNumberToObject(j, "socket_rtt_us_median", sock);
+  cJSON_AddNumberToObject(j, "ping_rtt_us_median", ping);
   cJSON_AddNumberToObject(j, "rtt_ratio_vs_socket", rr);
   cJSON_AddNumberToObject(j, "batched_rps", b);
   cJSON_AddNumberToObject(j, "unbatched_rps", u);
