@@ -200,7 +200,7 @@ static void test_busy_endpoint_and_sigterm(void **state) {
 
   echo_once(c, shm, 2); /* not stolen: the first one still answers */
   ms_client_close(c);
-  assert_int_equal(wp_wait(&a, SIGTERM), 0);
+  wp_expect(&a, SIGTERM, 0);
   assert_contains(wp_stderr(&a), "serving model 'echo'");
   assert_contains(wp_stderr(&a), "SIGTERM");
   assert_contains(wp_stderr(&a), "stopped: 2 requests served, model loaded "
@@ -254,7 +254,7 @@ static void test_sigint_drains(void **state) {
   uv_thread_join(&th);
   if (!s.ok)
     fail_msg("the request in flight failed: %s", ms_err_name(s.rc));
-  assert_int_equal(wp_wait(&w, 0), 0);
+  wp_expect(&w, 0, 0);
   assert_contains(wp_stderr(&w), "SIGINT");
   assert_contains(wp_stderr(&w), "stopped: 1 requests served");
   ms_client_close(probe);
@@ -270,7 +270,7 @@ static void test_dead_worker_replaced(void **state) {
   wp a = start_echo(f, "a", "{}");
   ms_client_t *c = wp_connect(f->endpoint, &a);
   echo_once(c, shm, 3);
-  assert_int_equal(wp_wait(&a, SIGKILL), 128 + SIGKILL);
+  wp_expect(&a, SIGKILL, 128 + SIGKILL);
   struct stat sb;
   assert_int_equal(stat(f->endpoint, &sb), 0); /* left behind */
 
@@ -280,7 +280,7 @@ static void test_dead_worker_replaced(void **state) {
   echo_once(c, shm, 5); /* reconnects by itself */
   ms_client_close(c2);
   ms_client_close(c);
-  assert_int_equal(wp_wait(&b, SIGTERM), 0);
+  wp_expect(&b, SIGTERM, 0);
   assert_contains(wp_stderr(&b), "stopped: 2 requests served");
   assert_int_equal(ms_shm_destroy(shm), 0);
 }

@@ -65,6 +65,16 @@ static inline int wp_wait(wp *p, int sig) {
   return -1;
 }
 
+static inline const char *wp_stderr(const wp *p);
+
+/* wp_wait(), failing the test with p's stderr unless it exits with want. */
+static inline void wp_expect(wp *p, int sig, int want) {
+  int st = wp_wait(p, sig);
+  if (st != want)
+    fail_msg("process %d: status %d, not %d; its stderr:\n%s", (int)p->pid, st,
+             want, wp_stderr(p));
+}
+
 /* The whole file as a NUL-terminated string (static buffer per slot). */
 static inline const char *wp_slurp(const char *path, int slot) {
   static char buf[4][16384];

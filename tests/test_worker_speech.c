@@ -103,7 +103,7 @@ static void test_three_clients_one_worker(void **state) {
   assert_int_equal((int)wp_stat(probe, "requests"), CLIENTS * UTTERANCES);
   assert_int_equal((int)wp_stat(probe, "responses"), CLIENTS * UTTERANCES);
   ms_client_close(probe);
-  assert_int_equal(wp_wait(&w, SIGTERM), 0);
+  wp_expect(&w, SIGTERM, 0);
   assert_contains(wp_stderr(&w),
                   "stopped: 9 requests served, model loaded 1 time(s)");
   for (int i = 0; i < UTTERANCES; i++)
