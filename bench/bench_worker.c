@@ -584,9 +584,10 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   msb_progress("worker: %d x %d round trips of %d bytes (worker, raw socket)",
                reps, count, PAYLOAD);
   double *v = calloc((size_t)reps * 8, sizeof(double));
-  double *wmed = v, *wp99 = v + reps, *smed = v + 2 * reps,
-         *brps = v + 3 * reps, *urps = v + 4 * reps, *mb = v + 5 * reps,
-         *ratio = v + 6 * reps, *pmed = v + 7 * reps;
+  double *wmed = v, *wp99 = v + reps, *smed = v + 2 * (size_t)reps,
+         *brps = v + 3 * (size_t)reps, *urps = v + 4 * (size_t)reps,
+         *mb = v + 5 * (size_t)reps, *ratio = v + 6 * (size_t)reps,
+         *pmed = v + 7 * (size_t)reps;
   for (int r = 0; ok && r < reps; r++) {
     rtt_result rr = {0, 0, 0, 0};
     ok = measure_rtt(o, &d, count, &rr) == 0;

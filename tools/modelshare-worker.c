@@ -62,7 +62,8 @@ static const char usage[] =
     "Exit status: 0 stopped cleanly, 1 could not start or serve, 2 bad\n"
     "command line.\n";
 
-static void say(const char *fmt, ...) {
+/* One line on stderr, prefixed with the program's name. */
+__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fputs(PROG ": ", stderr);
