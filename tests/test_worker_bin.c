@@ -263,6 +263,138 @@ static void test_sigint_drains(void **state) {
   assert_int_equal(ms_shm_destroy(shm), 0);
 }
 
+/* Without --name the model is served under --model's last component. */
+static void test_default_name(void **state) {
+  fixture *f = *state;
+  ms_shm_t *shm = new_shm();
+  char *argv[] = {(char *)worker_bin,  "--endpoint", f->endpoint, "--plugin",
+                  (char *)echo_plugin, "--model",    f->dir,      NULL};
+  wp w = wp_start(f->dir, "w", argv);
+  ms_client_t *c = wp_connect(f->endpoint, &w);
+  const int64_t shape[1] = {8};
+  ms_tensor_t *in = NULL, *out[1] = {NULL};
+  size_t n_out = 1;
+  assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &in),
+                   0);
+  memset(ms_tensor_data(in), 7, 8);
+  const char *name = strrchr(f->dir, '/') + 1; /* ms-wbin-XXXXXX */
+  assert_int_equal(ms_client_infer(c, name, &in, 1, 60000, out, &n_out), 0);
+  assert_int_equal(n_out, 1);
+  ms_tensor_release(out[0]);
+  n_out = 1;
+  assert_int_equal(ms_client_infer(c, "echo", &in, 1, 60000, out, &n_out),
+                   MS_ENOENT);
+  ms_tensor_release(in);
+  ms_client_close(c);
+  wp_expect(&w, SIGTERM, 0);
+  char says[128];
+  (void)snprintf(says, sizeof(says), "serving model '%s'", name);
+  assert_contains(wp_stderr(&w), says);
+  assert_int_equal(ms_shm_destroy(shm), 0);
+}
+
+typedef struct batch_client {
+  const char *endpoint;
+  uv_barrier_t *connected; /* all send their first request together */
+  int rc;
+} batch_client;
+
+/* Three echo requests on a connection of its own; rc is the first
+ * failure. */
+static void batch_client_run(void *arg) {
+  batch_client *b = arg;
+  ms_shm_t *shm = NULL;
+  ms_client_t *c = NULL;
+  ms_client_options_t o = MS_CLIENT_OPTIONS_INIT;
+  b->rc = ms_shm_create(NULL, &shm);
+  o.shm = shm;
+  if (b->rc == 0)
+    b->rc = ms_client_connect(b->endpoint, &o, &c);
+  uv_barrier_wait(b->connected);
+  const int64_t shape[1] = {16};
+  for (int i = 0; b->rc == 0 && i < 3; i++) {
+    ms_tensor_t *in = NULL, *out[1] = {NULL};
+    size_t n_out = 1;
+    b->rc = ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &in);
+    if (b->rc != 0)
+      break;
+    memset(ms_tensor_data(in), i, 16);
+    b->rc = ms_client_infer(c, "echo", &in, 1, 60000, out, &n_out);
+    if (b->rc == 0 &&
+        (n_out != 1 || ((unsigned char *)ms_tensor_data(out[0]))[15] != i))
+      b->rc = MS_EIO;
+    if (b->rc == 0)
+      ms_tensor_release(out[0]);
+    ms_tensor_release(in);
+  }
+  ms_client_close(c);
+  if (shm != NULL && ms_shm_destroy(shm) != 0 && b->rc == 0)
+    b->rc = MS_EBUSY;
+}
+
+/* --max-batch reaches the worker: 4 clients sending at once to a model
+ * whose every call takes 20 ms (so requests queue up behind each call) are
+ * served in batches of exactly 1 with --max-batch 1, and of at most 3 (more
+ * than one on average) with --max-batch 3. */
+static void test_max_batch(void **state) {
+  fixture *f = *state;
+  static const char *const limits[] = {"1", "3"};
+  for (int k = 0; k < 2; k++) {
+    char *argv[] = {(char *)worker_bin,
+                    "--endpoint",
+                    f->endpoint,
+                    "--plugin",
+                    (char *)echo_plugin,
+                    "--model",
+                    f->dir,
+                    "--name",
+                    "echo",
+                    "--config",
+                    "{\"fixed_us\":20000}",
+                    "--max-batch",
+                    (char *)limits[k],
+                    "--max-delay-us",
+                    "5000",
+                    NULL};
+    wp w = wp_start(f->dir, "w", argv);
+    ms_client_t *probe = wp_connect(f->endpoint, &w);
+    batch_client b[4];
+    uv_thread_t th[4];
+    uv_barrier_t connected;
+    assert_int_equal(uv_barrier_init(&connected, 4), 0);
+    for (int i = 0; i < 4; i++) {
+      b[i] = (batch_client){f->endpoint, &connected, -1};
+      assert_int_equal(uv_thread_create(&th[i], batch_client_run, &b[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+      uv_thread_join(&th[i]);
+      if (b[i].rc != 0)
+        fail_msg("client %d: %s", i, ms_err_name(b[i].rc));
+    }
+    uv_barrier_destroy(&connected);
+    char *json = NULL;
+    assert_int_equal(ms_client_status_json(probe, 60000, &json), 0);
+    cJSON *j = cJSON_Parse(json);
+    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(j, "batch_hist");
+    const cJSON *mean = cJSON_GetObjectItemCaseSensitive(j, "mean_batch");
+    assert_true(cJSON_IsArray(hist) && cJSON_IsNumber(mean));
+    print_message("--max-batch %s: mean batch %.2f, batch_hist %s\n", limits[k],
+                  mean->valuedouble, strstr(json, "\"batch_hist\""));
+    if (k == 0) {
+      assert_int_equal(cJSON_GetArraySize(hist), 1);
+      assert_true(mean->valuedouble == 1.0);
+    } else {
+      assert_true(cJSON_GetArraySize(hist) <= 3);
+      assert_true(mean->valuedouble > 1.0);
+    }
+    cJSON_Delete(j);
+    ms_free(json);
+    ms_client_close(probe);
+    wp_expect(&w, SIGTERM, 0);
+    assert_contains(wp_stderr(&w), "stopped: 12 requests served");
+  }
+}
+
 /* A worker killed with SIGKILL leaves its socket file; the next one
  * replaces it and serves, and the old client's next call reaches it. */
 static void test_dead_worker_replaced(void **state) {
@@ -309,6 +441,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_sigint_drains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_worker_replaced, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_default_name, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_max_batch, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -102,10 +102,29 @@ static void test_three_clients_one_worker(void **state) {
   ms_client_t *probe = wp_connect(endpoint, &w);
   assert_int_equal((int)wp_stat(probe, "requests"), CLIENTS * UTTERANCES);
   assert_int_equal((int)wp_stat(probe, "responses"), CLIENTS * UTTERANCES);
+
+  /* The plugin refuses what is not int16 PCM, and keeps serving. */
+  ms_shm_t *shm = NULL;
+  ms_tensor_t *bad = NULL, *out[1] = {NULL};
+  size_t n_out = 1;
+  const int64_t shape[1] = {1600};
+  assert_int_equal(ms_shm_create(NULL, &shm), 0);
+  assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_FLOAT32, 1, shape, NULL, &bad),
+                   0);
+  memset(ms_tensor_data(bad), 0, ms_tensor_nbytes(bad));
+  assert_int_equal(
+      ms_client_infer(probe, "speech", &bad, 1, 60000, out, &n_out), MS_EINVAL);
+  ms_tensor_release(bad);
   ms_client_close(probe);
+  assert_int_equal(ms_shm_destroy(shm), 0);
+  wp c4 = wp_start(dir, "client4",
+                   (char *[]){(char *)speech_client, endpoint, files[0], NULL});
+  wp_expect(&c4, 0, 0);
+  assert_contains(wp_stdout(&c4), expected[0]);
+
   wp_expect(&w, SIGTERM, 0);
   assert_contains(wp_stderr(&w),
-                  "stopped: 9 requests served, model loaded 1 time(s)");
+                  "stopped: 11 requests served, model loaded 1 time(s)");
   for (int i = 0; i < UTTERANCES; i++)
     print_message("\"%s\" -> \"%s\"\n", sentences[i], expected[i]);
   wp_rmtree(dir);
