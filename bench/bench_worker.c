@@ -6,6 +6,9 @@
  *     between two processes in the same run (the floor: a blocking
  *     write/read pair on a connected SOCK_STREAM socket, nothing else).  The
  *     two are measured in alternating chunks so both see the same machine.
+ *     Beside them, for the reader who wants to know where the time goes:
+ *     the same echo with tensors inline (MS_CLIENT_INLINE) and a ping (the
+ *     transport and both loops, no inference thread).
  *   - Throughput of 8 concurrent clients on a model whose every call costs a
  *     fixed time (plus a little per item), with batching (max batch 8) and
  *     without (max batch 1); the worker's stats give the mean batch.
@@ -216,9 +219,11 @@ static int stop_worker(const bench_dir *d, proc *w) {
 
 /* A client connected to the worker once it listens (it may still be
  * loading its model). */
-static ms_client_t *connect_client(const char *endpoint, ms_shm_t *shm) {
+static ms_client_t *connect_client_flags(const char *endpoint, ms_shm_t *shm,
+                                         uint32_t flags) {
   ms_client_options_t o = MS_CLIENT_OPTIONS_INIT;
   o.shm = shm;
+  o.flags = flags;
   o.retry_attempts = 1;
   for (int i = 0; i < 3000; i++) {
     ms_client_t *c = NULL;
@@ -227,6 +232,10 @@ static ms_client_t *connect_client(const char *endpoint, ms_shm_t *shm) {
     usleep(10000);
   }
   return NULL;
+}
+
+static ms_client_t *connect_client(const char *endpoint, ms_shm_t *shm) {
+  return connect_client_flags(endpoint, shm, 0);
 }
 
 /* One request on model "m": one input, one output; 0 or an error. */
@@ -289,7 +298,8 @@ static int peer_sock(const char *path) {
 
 typedef struct rtt_result {
   double worker_med, worker_p99, socket_med;
-  double ping_med; /* ms_client_ping: the path without inference */
+  double ping_med;   /* ms_client_ping: the path without inference */
+  double inline_med; /* echo with MS_CLIENT_INLINE: no descriptors */
 } rtt_result;
 
 static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
@@ -308,14 +318,17 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
   double *wv = calloc((size_t)count, sizeof(double));
   double *sv = calloc((size_t)count, sizeof(double));
   double *pv = calloc((size_t)count, sizeof(double));
+  double *iv = calloc((size_t)count, sizeof(double));
+  ms_client_t *ci = NULL;
   char msg[PAYLOAD], back[PAYLOAD];
   const int64_t shape[1] = {PAYLOAD};
-  if (wv == NULL || sv == NULL || pv == NULL ||
+  if (wv == NULL || sv == NULL || pv == NULL || iv == NULL ||
       read_line(&sock, line, sizeof(line)) != 0 ||
       (s = unix_socket(d->raw, &a)) < 0 ||
       connect(s, (struct sockaddr *)&a, sizeof(a)) != 0 ||
       ms_shm_create(NULL, &shm) != 0 ||
       (c = connect_client(d->endpoint, shm)) == NULL ||
+      (ci = connect_client_flags(d->endpoint, shm, MS_CLIENT_INLINE)) == NULL ||
       ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &in) != 0)
     goto out;
   for (int i = 0; i < PAYLOAD; i++)
@@ -345,6 +358,17 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
         wv[k * chunk + i] = (double)(uv_hrtime() - t0) / 1e3;
     }
     for (int i = 0; ok && i < n; i++) {
+      ms_tensor_t *out = NULL;
+      uint64_t t0 = uv_hrtime();
+      memcpy(ms_tensor_data(in), msg, PAYLOAD);
+      ok = infer1(ci, in, &out) == 0 && ms_tensor_nbytes(out) == PAYLOAD;
+      if (ok)
+        sum += msb_read_all(ms_tensor_data(out), PAYLOAD);
+      ms_tensor_release(out);
+      if (k >= 0)
+        iv[k * chunk + i] = (double)(uv_hrtime() - t0) / 1e3;
+    }
+    for (int i = 0; ok && i < n; i++) {
       uint64_t t0 = uv_hrtime();
       ok = ms_client_ping(c, TIMEOUT_MS) == 0;
       if (k >= 0)
@@ -359,10 +383,12 @@ static int measure_rtt(const msb_opts *o, const bench_dir *d, int count,
     r->worker_med = msb_median(wv, n);
     r->worker_p99 = percentile(wv, n, 0.99);
     r->ping_med = msb_median(pv, n);
+    r->inline_med = msb_median(iv, n);
   }
 out:
   ms_tensor_release(in);
   ms_client_close(c);
+  ms_client_close(ci);
   if (shm != NULL && ms_shm_destroy(shm) != 0)
     ok = 0;
   if (s >= 0)
@@ -372,6 +398,7 @@ out:
   free(wv);
   free(sv);
   free(pv);
+  free(iv);
   return ok ? 0 : -1;
 }
 
@@ -583,17 +610,18 @@ int msb_worker(const msb_opts *o, cJSON *root) {
 
   msb_progress("worker: %d x %d round trips of %d bytes (worker, raw socket)",
                reps, count, PAYLOAD);
-  double *v = calloc((size_t)reps * 8, sizeof(double));
+  double *v = calloc((size_t)reps * 9, sizeof(double));
   double *wmed = v, *wp99 = v + reps, *smed = v + 2 * (size_t)reps,
          *brps = v + 3 * (size_t)reps, *urps = v + 4 * (size_t)reps,
          *mb = v + 5 * (size_t)reps, *ratio = v + 6 * (size_t)reps,
-         *pmed = v + 7 * (size_t)reps;
+         *pmed = v + 7 * (size_t)reps, *imed = v + 8 * (size_t)reps;
   for (int r = 0; ok && r < reps; r++) {
-    rtt_result rr = {0, 0, 0, 0};
+    rtt_result rr = {0, 0, 0, 0, 0};
     ok = measure_rtt(o, &d, count, &rr) == 0;
     wmed[r] = rr.worker_med, wp99[r] = rr.worker_p99, smed[r] = rr.socket_med;
     ratio[r] = rr.worker_med / rr.socket_med;
     pmed[r] = rr.ping_med;
+    imed[r] = rr.inline_med;
   }
   msb_progress("worker: %d clients x %d requests, batched and unbatched "
                "(%d us per call)",
@@ -646,7 +674,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   }
 
   double rtt = msb_median(wmed, reps), p99 = msb_median(wp99, reps);
-  double ping = msb_median(pmed, reps);
+  double ping = msb_median(pmed, reps), inl = msb_median(imed, reps);
   double sock = msb_median(smed, reps), rr = msb_median(ratio, reps);
   double b = msb_median(brps, reps), u = msb_median(urps, reps);
   double mean_batch = msb_median(mb, reps);
@@ -661,6 +689,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   printf("raw Unix socket round trip (floor)  %9.1f us median\n", sock);
   printf("client -> worker -> client (echo)   %9.1f us median, %.1f us p99\n",
          rtt, p99);
+  printf("the same, tensors inline            %9.1f us median\n", inl);
   printf("client -> worker ping (no model)    %9.1f us median\n", ping);
   printf("ratio vs raw socket                 %9.2fx    %s (<= %.0fx)\n", rr,
          msb_pass(ok_rtt), RTT_RATIO_TARGET);
@@ -687,6 +716,7 @@ int msb_worker(const msb_opts *o, cJSON *root) {
   cJSON_AddNumberToObject(j, "rtt_us_p99", p99);
   cJSON_AddNumberToObject(j, "socket_rtt_us_median", sock);
   cJSON_AddNumberToObject(j, "ping_rtt_us_median", ping);
+  cJSON_AddNumberToObject(j, "inline_rtt_us_median", inl);
   cJSON_AddNumberToObject(j, "rtt_ratio_vs_socket", rr);
   cJSON_AddNumberToObject(j, "batched_rps", b);
   cJSON_AddNumberToObject(j, "unbatched_rps", u);
