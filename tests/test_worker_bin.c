@@ -119,6 +119,11 @@ static void test_bad_command_lines(void **state) {
        "--max-delay-us wants a whole number"},
       {{"--endpoint", "e", "--plugin", "p", "--model", "/", NULL},
        "give one with --name"},
+      {{"--endpoint", "e", "--plugin", "p", "--model", "m", "--name", "a/b",
+        NULL},
+       "bad --name 'a/b'"},
+      {{"--endpoint", "e", "--plugin", "p", "--model", "", NULL},
+       "bad --model: "},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     wp p;

@@ -139,10 +139,6 @@ static int parse_args(int argc, char **argv, args *a, int *help) {
     say("%s is required (try --help)", missing);
     return EXIT_USAGE;
   }
-  if (a->name != NULL && a->name[0] == '\0') {
-    say("--name must not be empty");
-    return EXIT_USAGE;
-  }
   return 0;
 }
 
@@ -182,25 +178,34 @@ static int load_plugin(const args *a, void **dl, ms_worker_model_t *m) {
   return 0;
 }
 
-/* The name clients ask for: --name, else the model path's last component
- * when it is a valid name. */
-static const char *model_name(const args *a, char *buf, size_t len) {
+/* 1 if s is a model name: 1..MS_WORKER_NAME_MAX of [A-Za-z0-9_.-]. */
+static int valid_name(const char *s, size_t n) {
+  if (n == 0 || n > MS_WORKER_NAME_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+          (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '.' ||
+          s[i] == '-'))
+      return 0;
+  return 1;
+}
+
+/* The name clients ask for: --name, else the model path's last component;
+ * NULL when that is not a valid name.  buf has MS_WORKER_NAME_MAX + 1
+ * bytes. */
+static const char *model_name(const args *a, char *buf) {
   if (a->name != NULL)
-    return a->name;
+    return valid_name(a->name, strlen(a->name)) ? a->name : NULL;
   size_t n = strlen(a->model);
   while (n > 1 && a->model[n - 1] == '/')
     n--;
   size_t b = n;
   while (b > 0 && a->model[b - 1] != '/')
     b--;
-  if (n - b == 0 || n - b >= len || n - b > MS_WORKER_NAME_MAX)
+  if (!valid_name(a->model + b, n - b))
     return NULL;
   memcpy(buf, a->model + b, n - b);
   buf[n - b] = '\0';
-  for (const char *p = buf; *p; p++)
-    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-          (*p >= '0' && *p <= '9') || *p == '_' || *p == '.' || *p == '-'))
-      return NULL;
   return buf;
 }
 
@@ -357,16 +362,26 @@ int main(int argc, char **argv) {
   }
   if (rc != 0)
     return rc;
-  /* Refuse a malformed config before loading anything: ms_key_create names
-   * the problem and its byte offset. */
+  /* Refuse a bad model path or config before loading anything:
+   * ms_key_create names the problem (and the config's byte offset). */
   ms_key_t *key = NULL;
+  if (ms_key_create(a.model, NULL, &key) != 0) {
+    say("bad --model: %s", ms_key_errmsg());
+    return EXIT_USAGE;
+  }
+  ms_key_destroy(key);
   if (ms_key_create(a.model, a.config, &key) != 0) {
     say("bad --config: %s", ms_key_errmsg());
     return EXIT_USAGE;
   }
   ms_key_destroy(key);
   char buf[MS_WORKER_NAME_MAX + 1];
-  const char *name = model_name(&a, buf, sizeof(buf));
+  const char *name = model_name(&a, buf);
+  if (name == NULL && a.name != NULL) {
+    say("bad --name '%s': 1 to %d of A-Z a-z 0-9 _ . -", a.name,
+        MS_WORKER_NAME_MAX);
+    return EXIT_USAGE;
+  }
   if (name == NULL) {
     say("cannot make a model name of %s: give one with --name", a.model);
     return EXIT_USAGE;
