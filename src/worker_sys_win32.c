@@ -15,6 +15,13 @@ int ms__ep_prepare(const char *ep, char *msg, size_t cap) {
     (void)snprintf(msg, cap, "a pipe name is \\\\.\\pipe\\NAME");
     return MS_EINVAL;
   }
+  /* A live pipe of that name is refused, never shared: bind's
+   * FILE_FLAG_FIRST_PIPE_INSTANCE says so too, but not every
+   * implementation of the API enforces it (Wine does not). */
+  if (WaitNamedPipeA(ep, 1) || GetLastError() != ERROR_FILE_NOT_FOUND) {
+    (void)snprintf(msg, cap, "a live worker listens on %s", ep);
+    return MS_EBUSY;
+  }
   return 0;
 }
 
