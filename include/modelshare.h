@@ -55,9 +55,9 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MS_VERSION_MAJOR 1
-#define MS_VERSION_MINOR 1
+#define MS_VERSION_MINOR 2
 #define MS_VERSION_PATCH 0
-#define MS_VERSION_STRING "1.1.0"
+#define MS_VERSION_STRING "1.2.0"
 /** (major << 16) | (minor << 8) | patch, comparable with < and >. */
 #define MS_VERSION_NUMBER                                                      \
   ((MS_VERSION_MAJOR << 16) | (MS_VERSION_MINOR << 8) | MS_VERSION_PATCH)
