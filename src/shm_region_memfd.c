@@ -1,9 +1,12 @@
 /* Platform layer, Linux: anonymous regions, sealed memfds (the memfd
  * backend; region.h has the contract).  The creator keeps the memfd open
- * for the region's life; another process reaches it as /proc/<pid>/fd/<fd>
- * and closes it again once mapped.  Seals: F_SEAL_SHRINK|F_SEAL_GROW at
- * creation, so no process can truncate the region under a consumer (no
- * SIGBUS); F_SEAL_FUTURE_WRITE|F_SEAL_SEAL when frozen
+ * for the region's life; another process duplicates it with pidfd_getfd()
+ * or, where that is refused, reopens it as /proc/<pid>/fd/<fd>, and closes
+ * it again once mapped (nothing is pre-faulted on that side: the region is
+ * backed and sealed against shrinking, so a fault cannot SIGBUS, and the
+ * consumer faults in only the pages it reads).  Seals:
+ * F_SEAL_SHRINK|F_SEAL_GROW at creation, so no process can truncate the region
+ * under a consumer (no SIGBUS); F_SEAL_FUTURE_WRITE|F_SEAL_SEAL when frozen
  * (ms__region_freeze, shm_region_linux.c).  F_SEAL_SEAL is not added at
  * creation because a freeze needs to add a seal later: a same-user process
  * can at worst add a write seal itself, which makes consumers map the
@@ -76,14 +79,15 @@ int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
  * one syscall pair, no path walk through /proc, and nothing is opened, so a
  * reused number (a device, a FIFO) cannot be touched.  It needs
  * PTRACE_MODE_ATTACH (/proc needs READ), which Yama's ptrace_scope >= 1
- * refuses outside the creator's ancestry: then, and on kernels without it,
- * the caller reopens through /proc, and this process stops trying.  The
- * descriptor, >= 0; -1 if the process or its descriptor is gone (*gone);
- * -1 otherwise (use /proc). */
+ * refuses outside the creator's ancestry; seccomp policies and old kernels
+ * refuse the call.  The caller then reopens through /proc, and once that
+ * worked where pidfd_getfd was refused, this process stops trying it.
+ * The descriptor, or -1: the process or its descriptor is gone (*gone), or
+ * the call was refused (*refused), or another error (use /proc). */
 static atomic_int getfd_refused;
 
-static int fd_by_getfd(int64_t pid, int64_t fdnum, int *gone) {
-  *gone = 0;
+static int fd_by_getfd(int64_t pid, int64_t fdnum, int *gone, int *refused) {
+  *gone = *refused = 0;
 #if defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
   if (atomic_load_explicit(&getfd_refused, memory_order_relaxed))
     return -1;
@@ -99,8 +103,8 @@ static int fd_by_getfd(int64_t pid, int64_t fdnum, int *gone) {
    * EBADF: it has no such descriptor (getfd). */
   if (e == ESRCH || (pidfd >= 0 && e == EBADF))
     *gone = 1;
-  else if (e == EPERM || e == EACCES || e == ENOSYS)
-    atomic_store_explicit(&getfd_refused, 1, memory_order_relaxed);
+  else
+    *refused = e == EPERM || e == EACCES || e == ENOSYS;
   return -1;
 #else
   (void)pid, (void)fdnum;
@@ -132,12 +136,15 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
                          int64_t allowed_uid, ms__region *out,
                          const char **why) {
   *why = NULL;
-  int gone = 0;
-  int fd = fd_by_getfd(pid, fdnum, &gone);
+  int gone = 0, refused = 0;
+  int fd = fd_by_getfd(pid, fdnum, &gone, &refused);
   if (gone)
     return MS_ENOENT;
-  if (fd < 0)
+  if (fd < 0) {
     fd = fd_by_proc(pid, fdnum, why);
+    if (fd >= 0 && refused)
+      atomic_store_explicit(&getfd_refused, 1, memory_order_relaxed);
+  }
   if (fd < 0)
     return fd;
   /* The seals first: they also tell a duplicated descriptor that is no
@@ -173,7 +180,9 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
 
 /* Whether another process can reopen our memfds: a forked child opens
  * /proc/<our pid>/fd/<n> and reads the first bytes.  Hardened systems
- * (no /proc, hidepid, an LSM policy) refuse it.  The child runs
+ * (no /proc, hidepid, an LSM policy) refuse it.  /proc, not
+ * pidfd_getfd: consumers fall back to it, and a child would pass Yama's
+ * ptrace_scope 1 where an unrelated consumer does not.  The child runs
  * async-signal-safe calls only (fork() from a threaded process). */
 static int probe_made, probe_reopen;
 static uv_once_t probe_once = UV_ONCE_INIT;
