@@ -1,5 +1,6 @@
 /* The memfd backend against named regions, in the same run (issue 13):
  * per size and per backend, the consumer's first open of a new region,
+ * the same opens with warm caches (in the producer process, back to back),
  * its cached reopen, and the pooled write/hand-off/read cycle.  The
  * consumer is the shm scenario's (this binary, --consumer; a default, named
  * allocator: it opens either kind of descriptor).
@@ -69,7 +70,7 @@ static double ask_open(mpeer *p, const char *desc) {
 }
 
 typedef struct fig {
-  double first_us, cached_us, cycle_gibs;
+  double first_us, warm_us, cached_us, cycle_gibs;
 } fig;
 
 static ms_shm_t *new_shm(uint32_t backend, uint64_t pool) {
@@ -112,10 +113,32 @@ static int measure(const msb_opts *o, mpeer *p, uint32_t backend, size_t n,
     v[k] = rc == 0 ? ask_open(p, desc) : -1;
     rc = v[k] < 0 ? -1 : rc;
   }
+  f->first_us = msb_median(v, opens);
+  /* The same regions opened again, back to back, by an allocator of this
+   * process configured like the consumer's (named, default): the library's
+   * open path with warm caches, where the consumer's open1 follows its read
+   * of a whole tensor (cold caches and TLB). */
+  ms_shm_options_t wo = MS_SHM_OPTIONS_INIT;
+  wo.open_cache = 256;
+  ms_shm_t *warm = NULL;
+  rc = rc == 0 && ms_shm_create(&wo, &warm) == 0 ? 0 : -1;
+  ms_tensor_t **wt = calloc((size_t)opens, sizeof(*wt));
+  rc = wt != NULL ? rc : -1;
+  for (int k = 0; rc == 0 && k < opens; k++) {
+    (void)ms_tensor_descriptor(batch[k], desc, sizeof(desc));
+    uint64_t t0 = uv_hrtime();
+    rc = ms_tensor_open(warm, desc, 0, &wt[k]) == 0 ? 0 : -1;
+    v[k] = (double)(uv_hrtime() - t0) / 1000.0;
+  }
+  for (int k = 0; wt != NULL && k < opens; k++)
+    ms_tensor_release(wt[k]);
+  free(wt);
+  if (warm != NULL && ms_shm_destroy(warm) != 0)
+    rc = -1;
+  f->warm_us = rc == 0 ? msb_median(v, opens) : -1;
   for (int k = 0; batch != NULL && k < opens; k++)
     ms_tensor_release(batch[k]);
   free(batch);
-  f->first_us = msb_median(v, opens);
   /* Cached reopens of one held region. */
   ms_tensor_t *held = rc == 0 ? alloc(pooled, n) : NULL;
   rc = held != NULL ? ms_tensor_descriptor(held, desc, sizeof(desc)) : -1;
@@ -154,6 +177,7 @@ static int measure(const msb_opts *o, mpeer *p, uint32_t backend, size_t n,
 static cJSON *fig_json(const fig *f) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddNumberToObject(j, "first_open_us_median", f->first_us);
+  cJSON_AddNumberToObject(j, "first_open_warm_us_median", f->warm_us);
   cJSON_AddNumberToObject(j, "cached_open_us_median", f->cached_us);
   cJSON_AddNumberToObject(j, "cycle_pooled_gibs", f->cycle_gibs);
   return j;
@@ -192,8 +216,8 @@ int msb_memfd(const msb_opts *o, cJSON *root) {
   printf("\n== memfd vs named regions (consumer in another process; "
          "medians; memfd reopen proven: %s) ==\n",
          caps.memfd_reopen ? "yes" : "no");
-  printf("%9s %8s %12s %12s %12s\n", "size", "backend", "open1 us", "cached us",
-         "cycle GiB/s");
+  printf("%9s %8s %12s %12s %12s %12s\n", "size", "backend", "open1 us",
+         "open1 warm", "cached us", "cycle GiB/s");
   cJSON *arr = cJSON_AddArrayToObject(root, "memfd");
   cJSON *shm_rows = cJSON_GetObjectItem(root, "shm");
   int all_ok = 1;
@@ -202,10 +226,10 @@ int msb_memfd(const msb_opts *o, cJSON *root) {
     int ok_first = b->first_us <= 10.0;
     int ok_cached = b->cached_us <= 1.25 * a->cached_us + 0.5;
     int ok_cycle = b->cycle_gibs >= 0.90 * a->cycle_gibs;
-    printf("%5zu MiB %8s %12.2f %12.2f %12.2f\n", o->sizes_mib[s], "named",
-           a->first_us, a->cached_us, a->cycle_gibs);
-    printf("%5zu MiB %8s %12.2f %12.2f %12.2f\n", o->sizes_mib[s], "memfd",
-           b->first_us, b->cached_us, b->cycle_gibs);
+    printf("%5zu MiB %8s %12.2f %12.2f %12.2f %12.2f\n", o->sizes_mib[s],
+           "named", a->first_us, a->warm_us, a->cached_us, a->cycle_gibs);
+    printf("%5zu MiB %8s %12.2f %12.2f %12.2f %12.2f\n", o->sizes_mib[s],
+           "memfd", b->first_us, b->warm_us, b->cached_us, b->cycle_gibs);
     printf("%10s memfd open1 <= 10 us %s | cached vs named %.2fx %s | "
            "cycle vs named %.0f%% %s\n",
            "", msb_pass(ok_first), b->cached_us / a->cached_us,
@@ -228,10 +252,12 @@ int msb_memfd(const msb_opts *o, cJSON *root) {
     }
   }
   printf("(open1 = the consumer's first open of a region it never mapped, "
-         "without unmapping earlier dead regions (the shm table's open1 "
-         "includes that); cached = "
-         "reopening a region it maps; cycle = pooled write + hand-off + "
-         "read of every byte.  Targets: memfd open1 <= 10 us; cached <= "
-         "1.25x named + 0.5 us; cycle >= 90%% of named)\n");
+         "right after reading a whole tensor (cold caches and TLB), without "
+         "unmapping earlier dead regions (the shm table's open1 includes "
+         "that); open1 warm = the same regions opened back to back by an "
+         "allocator of the producer process; cached = reopening a region "
+         "it maps; cycle = pooled write + hand-off + read of every byte.  "
+         "Targets: memfd open1 <= 10 us; cached <= 1.25x named + 0.5 us; "
+         "cycle >= 90%% of named)\n");
   return all_ok ? MSB_ALL_PASS : MSB_MISSED;
 }

@@ -1,9 +1,12 @@
 /* Platform layer, Linux: anonymous regions, sealed memfds (the memfd
  * backend; region.h has the contract).  The creator keeps the memfd open
- * for the region's life; another process reaches it as /proc/<pid>/fd/<fd>
- * and closes it again once mapped.  Seals: F_SEAL_SHRINK|F_SEAL_GROW at
- * creation, so no process can truncate the region under a consumer (no
- * SIGBUS); F_SEAL_FUTURE_WRITE|F_SEAL_SEAL when frozen
+ * for the region's life; another process duplicates it with pidfd_getfd()
+ * or, where that is refused, reopens it as /proc/<pid>/fd/<fd>, and closes
+ * it again once mapped (nothing is pre-faulted on that side: the region is
+ * backed and sealed against shrinking, so a fault cannot SIGBUS, and the
+ * consumer faults in only the pages it reads).  Seals:
+ * F_SEAL_SHRINK|F_SEAL_GROW at creation, so no process can truncate the region
+ * under a consumer (no SIGBUS); F_SEAL_FUTURE_WRITE|F_SEAL_SEAL when frozen
  * (ms__region_freeze, shm_region_linux.c).  F_SEAL_SEAL is not added at
  * creation because a freeze needs to add a seal later: a same-user process
  * can at worst add a write seal itself, which makes consumers map the
@@ -16,10 +19,12 @@
 #include <uv.h>
 
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,10 +75,45 @@ int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
   return 0;
 }
 
-int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
-                         int64_t allowed_uid, ms__region *out,
-                         const char **why) {
-  *why = NULL;
+/* pidfd_getfd() (Linux 5.6) duplicates process pid's descriptor fdnum:
+ * one syscall pair, no path walk through /proc, and nothing is opened, so a
+ * reused number (a device, a FIFO) cannot be touched.  It needs
+ * PTRACE_MODE_ATTACH (/proc needs READ), which Yama's ptrace_scope >= 1
+ * refuses outside the creator's ancestry; seccomp policies and old kernels
+ * refuse the call.  The caller then reopens through /proc, and once that
+ * worked where pidfd_getfd was refused, this process stops trying it.
+ * The descriptor, or -1: the process or its descriptor is gone (*gone), or
+ * the call was refused (*refused), or another error (use /proc). */
+static atomic_int getfd_refused;
+
+static int fd_by_getfd(int64_t pid, int64_t fdnum, int *gone, int *refused) {
+  *gone = *refused = 0;
+#if defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
+  if (atomic_load_explicit(&getfd_refused, memory_order_relaxed))
+    return -1;
+  int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0u);
+  int fd =
+      pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, (int)fdnum, 0u);
+  int e = fd < 0 ? errno : 0;
+  if (pidfd >= 0)
+    close(pidfd);
+  if (fd >= 0)
+    return fd;
+  /* ESRCH: no such process (pidfd_open) or it is exiting (getfd);
+   * EBADF: it has no such descriptor (getfd). */
+  if (e == ESRCH || (pidfd >= 0 && e == EBADF))
+    *gone = 1;
+  else
+    *refused = e == EPERM || e == EACCES || e == ENOSYS;
+  return -1;
+#else
+  (void)pid, (void)fdnum;
+  return -1;
+#endif
+}
+
+/* The same through /proc/<pid>/fd/<fdnum>: a new open file description. */
+static int fd_by_proc(int64_t pid, int64_t fdnum, const char **why) {
   char path[64];
   (void)snprintf(path, sizeof(path), "/proc/%lld/fd/%lld", (long long)pid,
                  (long long)fdnum);
@@ -89,17 +129,39 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
   int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0)
     return errno == ENOENT ? MS_ENOENT : ms__posix_err(errno);
-  int rc = ms__posix_check_object(fd, min_size, allowed_uid, &st, why);
-  int seals = rc == 0 ? fcntl(fd, F_GET_SEALS) : 0;
-  if (rc == 0 && seals < 0) { /* not a memfd (nor any shmem file) */
+  return fd;
+}
+
+int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
+                         int64_t allowed_uid, ms__region *out,
+                         const char **why) {
+  *why = NULL;
+  int gone = 0, refused = 0;
+  int fd = fd_by_getfd(pid, fdnum, &gone, &refused);
+  if (gone)
+    return MS_ENOENT;
+  if (fd < 0) {
+    fd = fd_by_proc(pid, fdnum, why);
+    if (fd >= 0 && refused)
+      atomic_store_explicit(&getfd_refused, 1, memory_order_relaxed);
+  }
+  if (fd < 0)
+    return fd;
+  /* The seals first: they also tell a duplicated descriptor that is no
+   * memfd (a pipe, a socket, a device: EINVAL) from a region. */
+  struct stat st;
+  int rc = 0, seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) { /* not a memfd (nor any shmem file) */
     rc = MS_ENOENT;
     *why = "the process's descriptor is not a memfd any more";
-  } else if (rc == 0 && (seals & SEALS_SIZE) != SEALS_SIZE) {
+  } else if ((seals & SEALS_SIZE) != SEALS_SIZE) {
     rc = MS_EBADREGION;
     *why = "not sealed against shrinking and growing";
+  } else {
+    rc = ms__posix_check_object(fd, min_size, allowed_uid, &st, why);
   }
   void *base = MAP_FAILED;
-  int ro = (seals & SEALS_WRITE) != 0;
+  int ro = rc == 0 && (seals & SEALS_WRITE) != 0;
   if (rc == 0) {
     base = mmap(NULL, (size_t)st.st_size,
                 ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -118,7 +180,9 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
 
 /* Whether another process can reopen our memfds: a forked child opens
  * /proc/<our pid>/fd/<n> and reads the first bytes.  Hardened systems
- * (no /proc, hidepid, an LSM policy) refuse it.  The child runs
+ * (no /proc, hidepid, an LSM policy) refuse it.  /proc, not
+ * pidfd_getfd: consumers fall back to it, and a child would pass Yama's
+ * ptrace_scope 1 where an unrelated consumer does not.  The child runs
  * async-signal-safe calls only (fork() from a threaded process). */
 static int probe_made, probe_reopen;
 static uv_once_t probe_once = UV_ONCE_INIT;

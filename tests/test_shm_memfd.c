@@ -1,7 +1,8 @@
 /* The memfd backend (issue 13) with real processes: truncation by a
  * hostile process, the Docker-sized /dev/shm, a kill -9 storm that must
  * leave nothing anywhere, forged headers and unsealed objects, identity
- * against reused pids and descriptor numbers, mixed backends in both
+ * against reused pids and descriptor numbers, both ways to reach a
+ * creator's descriptor (pidfd_getfd, /proc), mixed backends in both
  * directions (liveness included), frozen memfds, and the descriptor
  * grammar.  The rest of the shm suite runs on memfd too (test_shm_memfd_run
  * registrations: MS_TEST_BACKEND=memfd). */
@@ -13,13 +14,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -524,6 +529,99 @@ static void test_identity_refuses_reused_numbers(void **state) {
 
 /* ------------------------------------------------------------------------ */
 
+/* A consumer reaches a creator's memfd by pidfd_getfd() and, where that is
+ * refused (Yama ptrace_scope, seccomp, old kernels), through
+ * /proc/<pid>/fd.  Each path alone must open the region and refuse a
+ * number that is no region.  A forked child takes one path away: pidfd_getfd
+ * fails with EPERM under a seccomp filter, or /proc is unmounted in a
+ * private mount namespace (root: CI).  0, or the failed step. */
+static int reach_child(int no_getfd, const char *good, const char *pipe_desc,
+                       size_t n) {
+  if (no_getfd) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pidfd_getfd, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof(f) / sizeof(f[0])), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      return 1;
+    if (syscall(SYS_pidfd_getfd, -1, 0, 0) != -1 || errno != EPERM)
+      return 2; /* the filter must be what refuses it */
+  } else if (unshare(CLONE_NEWNS) != 0 ||
+             mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+             umount2("/proc", MNT_DETACH) != 0 ||
+             access("/proc/self/fd", F_OK) == 0) {
+    return 3;
+  }
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = MS_SHM_BACKEND_NAMED;
+  o.dir = dir;
+  ms_shm_t *shm = NULL;
+  if (ms_shm_create(&o, &shm) != 0)
+    return 4;
+  int step = 0;
+  ms_tensor_t *u = NULL;
+  if (ms_tensor_open(shm, good, 0, &u) != 0)
+    step = 5;
+  else if (ms_tensor_nbytes(u) != n ||
+           ((const unsigned char *)ms_tensor_data(u))[n - 1] != 0xa5)
+    step = 6;
+  ms_tensor_release(u);
+  u = NULL;
+  /* A second open through a new mapping: the cache must not hide a path. */
+  if (step == 0 && ms_tensor_open(shm, good, MS_OPEN_WRITE, &u) != 0)
+    step = 7;
+  ms_tensor_release(u);
+  u = NULL;
+  if (step == 0 && ms_tensor_open(shm, pipe_desc, 0, &u) != MS_ENOENT)
+    step = 8;
+  if (ms_shm_destroy(shm) != 0 && step == 0)
+    step = 9;
+  return step;
+}
+
+static void test_both_reach_paths(void **state) {
+  (void)state;
+  if (geteuid() != 0)
+    fail_msg("test_both_reach_paths needs root (unshare -m, umount /proc); "
+             "CI runs as root.  Not skipped: it FAILS.");
+  ms_shm_t *prod = new_shm(MS_SHM_BACKEND_MEMFD, 0);
+  const size_t n = 3 * 4096;
+  ms_tensor_t *t = alloc_u8(prod, n);
+  memset(ms_tensor_data(t), 0xa5, n);
+  char good[MS_DESCRIPTOR_MAX], pipe_desc[MS_DESCRIPTOR_MAX];
+  descriptor(t, good);
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  long long pid, fd;
+  where(good, &pid, &fd);
+  /* The same locator with the pipe's number: no region there. */
+  (void)snprintf(pipe_desc, sizeof(pipe_desc), "ms2:%lld:%d:%s", pid, p[0],
+                 strchr(strchr(good + 4, ':') + 1, ':') + 1);
+  for (int no_getfd = 0; no_getfd < 2; no_getfd++) {
+    fflush(NULL);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+      _exit(reach_child(no_getfd, good, pipe_desc, n));
+    int st = reap(child);
+    if (!exited(st, 0))
+      fail_msg("%s: failed at step %d (status %#x)",
+               no_getfd ? "through /proc (pidfd_getfd refused)"
+                        : "through pidfd_getfd (no /proc)",
+               WIFEXITED(st) ? WEXITSTATUS(st) : -1, st);
+  }
+  close(p[0]);
+  close(p[1]);
+  ms_tensor_release(t);
+  assert_int_equal(ms_shm_destroy(prod), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+
 static ms__hdr *hdr_of(ms_tensor_t *t) {
   return (ms__hdr *)((char *)ms_tensor_data(t) - 4096);
 }
@@ -772,6 +870,7 @@ int main(int argc, char **argv) {
       T(test_kill9_storm_leaves_nothing),
       T(test_forged_and_unsealed_refused),
       T(test_identity_refuses_reused_numbers),
+      T(test_both_reach_paths),
       T(test_mixed_memfd_producer_named_holder),
       T(test_mixed_named_producer_memfd_holder),
       T(test_frozen_memfd_is_sealed),
