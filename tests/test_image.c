@@ -915,7 +915,7 @@ static void test_build_beside_cached_mappings(void **state) {
   reset_counters();
   write_source("weights v1\n");
   ms_shm_t *a = new_shm_cfg(0); /* an open cache of 64 */
-  ms_shm_t *b = new_shm_cfg(2); /* pooled: released regions stay FREE */
+  ms_shm_t *b = new_shm_cfg(1); /* unpooled: released regions go DEAD */
   assert_non_null(a);
   assert_non_null(b);
   enum { N = 3 };
@@ -930,7 +930,7 @@ static void test_build_beside_cached_mappings(void **state) {
     ms_tensor_release(u); /* cached in a */
   }
   for (int i = 0; i < N; i++)
-    ms_tensor_release(t[i]); /* FREE in b's pool: a's cache must drop them */
+    ms_tensor_release(t[i]); /* unlinked: a's cache must drop them */
   spec s = {.seed = seed, .elems = 4096, .version = "cached"};
   ms_key_t *key = new_key();
   ms_image_options_t o = opts_of(&s);
