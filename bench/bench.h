@@ -54,11 +54,14 @@ int msb_python(const msb_opts *o, cJSON *root); /* bench_python.c */
 int msb_channel(const msb_opts *o, cJSON *root);
 int msb_memfd(const msb_opts *o, cJSON *root); /* bench_memfd.c */
 int msb_weights(const msb_opts *o, cJSON *root); /* bench_weights.c */
+int msb_worker(const msb_opts *o, cJSON *root); /* bench_worker.c */
 
 /* The consumer process of the shm and vision scenarios. */
 int msb_consumer_main(void);
 /* The peer process of the channel scenario (--channel-peer ...). */
 int msb_channel_peer_main(int argc, char **argv);
+/* The peer processes of the worker scenario (--worker-peer ...). */
+int msb_worker_peer_main(int argc, char **argv);
 /* The consumer's "chan NAME FRAMES" command (bench_channel.c): 0 or an
  * exit status. */
 int msb_channel_cycle_peer(ms_shm_t *shm, const char *args);

@@ -41,6 +41,9 @@ static const char usage[] =
     "                               cached reopen, pooled cycle\n"
     "                     weights   4 workers sharing one 256 MiB host\n"
     "                               image of dequantized weights vs private\n"
+    "                     worker    model worker: round trip vs a raw Unix\n"
+    "                               socket, batching, PSS vs separate\n"
+    "                               processes on the speech model\n"
     "  --instances N    registry: model instances (default 3)\n"
     "  --sizes LIST     shm: sizes in MiB (default 1,10,100)\n"
     "  --reps N         repetitions behind each median (default 5)\n"
@@ -140,6 +143,8 @@ int main(int argc, char **argv) {
     return msb_consumer_main();
   if (argc >= 2 && strcmp(argv[1], "--channel-peer") == 0)
     return msb_channel_peer_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "--worker-peer") == 0)
+    return msb_worker_peer_main(argc - 1, argv + 1);
 
   setvbuf(stdout, NULL, _IOLBF, 0); /* keep the table in step with stderr */
   msb_opts o = {0};
@@ -234,7 +239,8 @@ int main(int argc, char **argv) {
                    {"shm", msb_shm},           {"vision", msb_vision},
                    {"python", msb_python},     {"channel", msb_channel},
                    {"memfd", msb_memfd},
-                   {"weights", msb_weights}};
+                   {"weights", msb_weights},
+                   {"worker", msb_worker}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
       continue;

@@ -92,3 +92,20 @@ for k in ["processes", "image_bytes", "transform_s", "first_use_s",
 assert w["transform_runs"] == 1, "the 4 workers must transform once"
 print("bench JSON weights: ok")
 PY
+
+# The worker scenario (bench/bench_worker.c).
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = d["worker"]
+for k in ["clients", "requests", "rtt_us_median", "rtt_us_p99",
+          "socket_rtt_us_median", "rtt_ratio_vs_socket", "batched_rps",
+          "unbatched_rps", "mean_batch", "pss_bytes_with_worker",
+          "pss_bytes_separate", "memory_reduction"]:
+    assert isinstance(w.get(k), (int, float)), f"worker.{k} missing"
+assert w["clients"] == 8, "the batching run has 8 concurrent clients"
+for k in ["rtt_us_median", "socket_rtt_us_median", "batched_rps",
+          "unbatched_rps", "mean_batch"]:
+    assert w[k] > 0, f"worker.{k} must be measured"
+print("bench JSON worker: ok")
+PY

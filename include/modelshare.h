@@ -55,9 +55,9 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MS_VERSION_MAJOR 1
-#define MS_VERSION_MINOR 1
+#define MS_VERSION_MINOR 2
 #define MS_VERSION_PATCH 0
-#define MS_VERSION_STRING "1.1.0"
+#define MS_VERSION_STRING "1.2.0"
 /** (major << 16) | (minor << 8) | patch, comparable with < and >. */
 #define MS_VERSION_NUMBER                                                      \
   ((MS_VERSION_MAJOR << 16) | (MS_VERSION_MINOR << 8) | MS_VERSION_PATCH)
@@ -95,7 +95,8 @@ MS_EXPORT const char *ms_version_string(void);
   XX(EACCES, -14, "permission denied")                                         \
   XX(ERANGE, -15, "value out of range")                                        \
   XX(ECANCELED, -16, "the request was cancelled")                              \
-  XX(EPIPE, -17, "the channel's producer is gone")
+  XX(EPIPE, -17, "the channel's producer is gone")                             \
+  XX(EDISCONNECTED, -18, "the connection to the model worker was lost")
 
 typedef enum ms_errno {
 #define MS__ERR_ENUM(name, value, text) MS_##name = (value),
@@ -1706,6 +1707,447 @@ typedef struct ms_image_source {
  */
 MS_EXPORT int ms_image_loader(const ms_image_source_t *src,
                               ms_loader_t *loader);
+
+/* ------------------------------------------------------------------------ */
+/* Model worker                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A model worker is one process (or one part of a host program) that owns a
+ * loaded model and serves inference requests from client processes.  It
+ * listens on an endpoint through libuv's uv_pipe_t: a Unix domain socket
+ * (a filesystem path) on POSIX, a named pipe ("\\.\pipe\NAME") on Windows.
+ *
+ * Tensors: every connection chooses, at its handshake, how tensors travel.
+ * When both sides can open each other's shared-memory descriptors (the same
+ * namespace; each side proves it by opening a probe tensor of the other),
+ * shared-memory tensors travel as descriptors and no data is copied.
+ * Otherwise (no shared memory on one side, different namespaces, or forced
+ * with MS_WORKER_INLINE / MS_CLIENT_INLINE) they travel inline as
+ * safetensors bytes (ms_tensor_serialize()).  Heap tensors always travel
+ * inline.  The wire format (framing, message types, versioning) is
+ * documented in docs/worker-protocol.md; the handshake refuses a peer of
+ * another protocol version or library major version.
+ *
+ * Requests: each carries a model name (the name given to
+ * ms_worker_add_model()), up to MS_WORKER_MAX_TENSORS input tensors and a
+ * request id, so that many client threads share one connection.  The
+ * worker runs inference on `threads` threads of its own, never on the loop
+ * thread, and groups requests for one model into batches of up to
+ * max_batch, waiting at most max_batch_delay_us for a batch to fill.
+ * Output tensors are allocated from the worker's allocator; the client owns
+ * the outputs it receives and releases them with ms_tensor_release().
+ *
+ * Security (POSIX): the endpoint's socket is created mode 0600 in a
+ * directory the worker creates mode 0700, or that already exists, is owned
+ * by the effective user and is not writable by group or others.  Every
+ * connection's peer uid (SO_PEERCRED / getpeereid) must be the worker's
+ * effective uid or allowed_uid; others are closed at once and counted.  On
+ * Windows, the peer process's user SID must be the worker's.
+ *
+ * Limits: a connection is closed when it sends a malformed frame, a frame
+ * over max_frame_bytes, or no valid handshake within handshake_timeout_ms.
+ * An unknown model, a bad tensor or more than max_inflight_per_client
+ * requests in flight fail that request only (its response carries the
+ * error).  A connection that stops reading its responses is no longer read
+ * from, so it pins at most max_inflight_per_client responses.  Connections
+ * over max_clients are closed at once and counted as refused.
+ *
+ * Crash semantics: a client that dies mid-request loses its responses; the
+ * worker releases their outputs when it sees the connection close and keeps
+ * serving the others.  When the worker dies or stops, every call in flight
+ * on its clients fails with MS_EDISCONNECTED (not MS_ETIMEDOUT), and the
+ * next call reconnects according to the client's retry options.  A socket
+ * file left by a dead worker is replaced at start; a live worker's endpoint
+ * is refused (MS_EBUSY), never stolen.
+ */
+typedef struct ms_worker ms_worker_t;
+typedef struct ms_client ms_client_t;
+
+/** Most input tensors of one request, and most output tensors of one
+ *  response. */
+#define MS_WORKER_MAX_TENSORS 16
+/** Longest model name, in bytes (names are 1.. of [A-Za-z0-9_.-]). */
+#define MS_WORKER_NAME_MAX 64
+
+/** Flags of ms_worker_options_t: accept only inline tensors (every
+ *  connection uses safetensors bytes, whatever the client offers). */
+#define MS_WORKER_INLINE 1u
+
+/** Worker options.  Initialise with MS_WORKER_OPTIONS_INIT. */
+typedef struct ms_worker_options {
+  size_t struct_size;
+  /** Where to listen: a socket path (POSIX, at most 100 bytes) or a pipe
+   *  name (Windows, "\\.\pipe\..." ).  Required.  Copied. */
+  const char *endpoint;
+  /** Most requests handed to one infer_batch call (1 disables batching).
+   *  Default 8. */
+  uint32_t max_batch;
+  /** How long an inference thread waits for a batch to fill once it has
+   *  one request, in microseconds (0: take what is queued).  Default 500. */
+  uint32_t max_batch_delay_us;
+  /** Connections served at once; more are closed at accept and counted as
+   *  refused.  Default 64. */
+  uint32_t max_clients;
+  /** Requests one connection may have in flight (received and not yet
+   *  acknowledged); more fail with MS_EBUSY.  Default 64. */
+  uint32_t max_inflight_per_client;
+  /** Largest frame accepted or sent, bytes (inline tensors included);
+   *  a bigger incoming frame closes its connection, a bigger response
+   *  fails its request with MS_ERANGE.  Default 64 MiB, at least 4096. */
+  uint64_t max_frame_bytes;
+  /** Inference threads.  Default 1. */
+  uint32_t threads;
+  /** MS_WORKER_INLINE, or 0 (default). */
+  uint32_t flags;
+  /** A second user id, besides the worker's effective one, allowed to
+   *  connect; -1 (default) = none.  Ignored on Windows. */
+  int64_t allowed_uid;
+  /** Milliseconds a new connection has to complete its handshake before it
+   *  is closed.  Default 5000. */
+  uint32_t handshake_timeout_ms;
+  /** Reserved: set it to 0. */
+  uint32_t reserved0;
+} ms_worker_options_t;
+
+#define MS_WORKER_OPTIONS_INIT                                                 \
+  {                                                                            \
+    sizeof(ms_worker_options_t), NULL, 8, 500, 64, 64, 64u << 20, 1, 0, -1,    \
+        5000, 0                                                                \
+  }
+
+/** Where an infer function allocates its outputs (see ms_worker_out_alloc). */
+typedef struct ms_worker_out ms_worker_out_t;
+
+/**
+ * Allocates one output tensor for the request being served: in the
+ * worker's shared memory (labelled with the client's session, for the
+ * allocator's per-session quota), or on the heap when the worker has no
+ * shared memory.  *t holds one reference, which the infer function puts in
+ * its outputs array (the worker then owns it).  Contents unspecified.
+ * Errors: ms_tensor_alloc()'s.  Call only from inside the infer or
+ * infer_batch call that received `out`.
+ */
+MS_EXPORT int ms_worker_out_alloc(ms_worker_out_t *out, ms_dtype_t dtype,
+                                  int ndim, const int64_t *shape,
+                                  ms_tensor_t **t);
+
+/**
+ * One request of a batch, as infer_batch sees it.  Filled by the worker
+ * (struct_size is the worker's sizeof; read fields past the first release's
+ * only when struct_size covers them).
+ */
+typedef struct ms_worker_request {
+  size_t struct_size;
+  /** The inputs, read-only (n_in of them); owned by the worker. */
+  ms_tensor_t *const *inputs;
+  size_t n_in;
+  /** For ms_worker_out_alloc() of this request's outputs. */
+  ms_worker_out_t *out;
+  /** Room for MS_WORKER_MAX_TENSORS outputs.  The callee stores held
+   *  tensors here and sets n_out; the worker owns them afterwards, whatever
+   *  status says. */
+  ms_tensor_t **outputs;
+  size_t n_out;
+  /** 0, or this request's negative error code (its outputs are then
+   *  released and the client gets the code). */
+  int status;
+  /** Reserved. */
+  int reserved0;
+} ms_worker_request_t;
+
+/**
+ * A model the worker serves.  Initialise with MS_WORKER_MODEL_INIT.  Copied
+ * by ms_worker_add_model(): the strings and the loader struct may be freed
+ * after it returns; `user` must live until `release` (or the worker's
+ * destruction).
+ */
+typedef struct ms_worker_model {
+  size_t struct_size;
+  /** Model path and config JSON, as for ms_registry_acquire(). */
+  const char *path;
+  const char *config_json;
+  /** How to load and unload it (through the worker's registry, so a
+   *  model loaded in-process by the host is shared, not loaded again). */
+  const ms_loader_t *loader;
+  /**
+   * Runs one request: model is ms_model_get() of the loaded model, inputs
+   * its n_in read-only inputs.  Stores up to MS_WORKER_MAX_TENSORS held
+   * tensors in outputs (allocate them with ms_worker_out_alloc(); any
+   * tensor this process holds may be returned, e.g. a retained input) and
+   * sets *n_out (0 on entry).  The worker owns outputs[0..*n_out) after
+   * the call whatever it returns.  Returns 0 or a negative code, which the
+   * client receives.  Runs on an inference thread; several threads may
+   * call it at once when `threads` > 1.  Required.
+   */
+  int (*infer)(void *user, void *model, ms_tensor_t *const *inputs, size_t n_in,
+               ms_worker_out_t *out, ms_tensor_t **outputs, size_t *n_out);
+  /**
+   * Optional: runs n (1..max_batch) requests of this model at once, each
+   * described by reqs[i], whose outputs, n_out and status it sets.  A
+   * negative return fails every request of the batch with that code.  When
+   * NULL, the worker calls infer once per request.
+   */
+  int (*infer_batch)(void *user, void *model, ms_worker_request_t *const *reqs,
+                     size_t n);
+  /** Passed to infer, infer_batch and release unchanged. */
+  void *user;
+  /** Optional: called once with user when the worker is destroyed (after
+   *  the model is released), or when ms_worker_add_model() fails. */
+  void (*release)(void *user);
+} ms_worker_model_t;
+
+#define MS_WORKER_MODEL_INIT                                                   \
+  { sizeof(ms_worker_model_t), NULL, NULL, NULL, NULL, NULL, NULL, NULL }
+
+/**
+ * The entry point of a worker plugin: a shared object that defines
+ *
+ *     MS_PLUGIN_EXPORT int ms_worker_plugin_v1(ms_worker_model_t *out);
+ *
+ * The host (the modelshare-worker program) initialises *out with
+ * MS_WORKER_MODEL_INIT, sets path and config_json from its command line,
+ * then calls it once; the plugin fills loader, infer, optionally
+ * infer_batch, user and release, and returns 0 (or a negative code, which
+ * the host reports).  The library itself does not define this function.
+ */
+#if defined(_WIN32)
+#define MS_PLUGIN_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define MS_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define MS_PLUGIN_EXPORT
+#endif
+/** The name a host looks up with dlsym()/GetProcAddress(). */
+#define MS_WORKER_PLUGIN_SYMBOL "ms_worker_plugin_v1"
+/** The type of that symbol. */
+typedef int (*ms_worker_plugin_fn)(ms_worker_model_t *out);
+MS_PLUGIN_EXPORT int ms_worker_plugin_v1(ms_worker_model_t *out);
+
+/**
+ * Creates a worker (not yet listening).  options is required (its endpoint
+ * is).  reg: the registry models are acquired through, or NULL for a
+ * private one.  shm: the allocator that opens clients' descriptors and
+ * allocates outputs, or NULL for a private one with the defaults (if
+ * shared memory is unavailable, the worker then serves inline only).
+ * reg and shm, when given, must outlive the worker.
+ * Errors: MS_EINVAL (NULL options/endpoint/out, struct_size below the
+ *   first release's, a zero max_batch/threads/max_clients/
+ *   max_inflight_per_client, max_frame_bytes below 4096), MS_ERANGE
+ *   (endpoint too long), MS_ENOMEM.  ms_worker_errmsg(NULL) says which.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_worker_create(const ms_worker_options_t *options,
+                               ms_registry_t *reg, ms_shm_t *shm,
+                               ms_worker_t **out);
+
+/**
+ * Adds a model under `name` (1..MS_WORKER_NAME_MAX of [A-Za-z0-9_.-]) and
+ * acquires it now through the worker's registry (so a load error shows
+ * here); the worker holds it until it is destroyed.  Only before
+ * ms_worker_start()/ms_worker_run().  On failure model->release (if any)
+ * has been called.
+ * Errors: MS_EINVAL (NULL argument, bad name, NULL path/loader/infer,
+ *   struct_size too small), MS_EBUSY (the name is taken, or the worker is
+ *   started), the registry's acquire errors (the loader's own code).
+ * Not thread-safe with other calls on w.
+ */
+MS_EXPORT int ms_worker_add_model(ms_worker_t *w, const char *name,
+                                  const ms_worker_model_t *model);
+
+/**
+ * Starts listening on the host's libuv loop (call from the loop's thread;
+ * the host runs the loop).  Creates the endpoint's directory if missing
+ * (0700), replaces a stale socket file (one nobody accepts on), and starts
+ * the inference threads.
+ * Errors: MS_EINVAL (NULL argument), MS_EBUSY (already started, or a live
+ *   worker listens on the endpoint: nothing is changed), MS_EACCES (the
+ *   directory is another user's or writable by others, or the path exists
+ *   and is not a socket), MS_ENOENT (the directory's parent is missing),
+ *   MS_EIO, MS_ENOMEM.
+ */
+MS_EXPORT int ms_worker_start(ms_worker_t *w, struct uv_loop_s *loop);
+
+/**
+ * ms_worker_start() on a loop of the worker's own, run by a thread it
+ * creates.  Returns once the worker listens (or failed to).  Errors: as
+ * ms_worker_start().  Thread-safe.
+ */
+MS_EXPORT int ms_worker_run(ms_worker_t *w);
+
+/**
+ * Stops the worker: stops accepting (the socket file is removed), lets the
+ * requests already received finish and sends their responses, then closes
+ * every connection and stops the inference threads.  From any thread but
+ * the loop's it waits until that is done (and, after ms_worker_run(),
+ * joins the loop thread).  From the loop thread of ms_worker_start() it
+ * only begins the drain: run the loop until ms_worker_destroy() stops
+ * returning MS_EBUSY.  Stopping a stopped or never started worker returns
+ * 0.  Errors: MS_EINVAL (NULL w).
+ */
+MS_EXPORT int ms_worker_stop(ms_worker_t *w);
+
+/**
+ * Destroys a worker: releases its models (calling each model's release),
+ * and its private registry and allocator.  NULL returns 0.
+ * Errors: MS_EBUSY while it is started and not fully stopped (nothing is
+ *   changed).
+ */
+MS_EXPORT int ms_worker_destroy(ms_worker_t *w);
+
+/**
+ * The worker's counters as a JSON object; free *json with ms_free().  Keys:
+ *   clients          connections open now
+ *   connections      connections accepted in all
+ *   refused          connections refused (max_clients, peer uid, bad
+ *                    handshake)
+ *   refused_uid      of which for another peer uid
+ *   requests         requests received
+ *   responses        requests finished: answered, or dropped with the
+ *                    connection of a client that left
+ *   inflight         requests - responses
+ *   errors           object: error name ("MS_EBUSY", ...) -> requests that
+ *                    failed with it
+ *   protocol_errors  connections closed for a malformed or oversized frame
+ *   batches          infer/infer_batch calls
+ *   mean_batch       requests per batch (a double)
+ *   batch_hist       array: batch_hist[i] = batches of i+1 requests
+ *   models           object: name -> {requests, errors, latency_us_p50,
+ *                    latency_us_p99} (latency from receipt to response
+ *                    queued, over the last 1024 requests)
+ *   inline           connections using inline tensors
+ * Errors: MS_EINVAL (NULL argument), MS_ENOMEM.  Thread-safe.
+ */
+MS_EXPORT int ms_worker_stats_json(ms_worker_t *w, char **json);
+
+/** Message for the last error the calling thread got from w ("" if none;
+ *  NULL: the last failed ms_worker_create() of this thread). */
+MS_EXPORT const char *ms_worker_errmsg(const ms_worker_t *w);
+
+/** Flags of ms_client_options_t: send and receive tensors inline
+ *  (safetensors bytes) even when descriptors would work. */
+#define MS_CLIENT_INLINE 1u
+
+/** Client options.  Initialise with MS_CLIENT_OPTIONS_INIT. */
+typedef struct ms_client_options {
+  size_t struct_size;
+  /** The allocator that opens the worker's output descriptors, or NULL for
+   *  a private one with the defaults (none, and inline tensors, when
+   *  shared memory is unavailable).  Must outlive the client. */
+  ms_shm_t *shm;
+  /** Milliseconds one connection attempt (connect + handshake) may take.
+   *  Default 2000. */
+  uint32_t connect_timeout_ms;
+  /** Connection attempts per call (ms_client_connect(), and a call that
+   *  finds the connection gone), at least 1.  Default 5. */
+  uint32_t retry_attempts;
+  /** Pause after the first failed attempt, doubled after each next one up
+   *  to retry_backoff_max_ms.  Defaults 20 and 1000. */
+  uint32_t retry_backoff_ms;
+  uint32_t retry_backoff_max_ms;
+  /** Largest response frame accepted, bytes.  Default 64 MiB. */
+  uint64_t max_frame_bytes;
+  /** MS_CLIENT_INLINE, or 0 (default). */
+  uint32_t flags;
+  /** Reserved: set it to 0. */
+  uint32_t reserved0;
+} ms_client_options_t;
+
+#define MS_CLIENT_OPTIONS_INIT                                                 \
+  { sizeof(ms_client_options_t), NULL, 2000, 5, 20, 1000, 64u << 20, 0, 0 }
+
+/**
+ * Connects to the worker at endpoint (see ms_worker_options_t) and
+ * completes the handshake, retrying as the options say.  options may be
+ * NULL for the defaults.  The client runs its connection on a thread of
+ * its own.  On success *out owns the client; close it with
+ * ms_client_close().
+ * Errors: MS_EINVAL (NULL endpoint/out, struct_size too small),
+ *   MS_ERANGE (endpoint too long), MS_ENOENT (nobody listens there),
+ *   MS_EACCES, MS_ETIMEDOUT, MS_EDISCONNECTED (the worker closed the
+ *   connection during the handshake, e.g. it refused this uid or is full),
+ *   MS_ENOTSUP (another protocol or library major version), MS_EIO,
+ *   MS_ENOMEM.  ms_client_errmsg(NULL) says why.
+ */
+MS_EXPORT int ms_client_connect(const char *endpoint,
+                                const ms_client_options_t *options,
+                                ms_client_t **out);
+
+/**
+ * Runs model_name on the worker with inputs[0..n_in) (n_in <=
+ * MS_WORKER_MAX_TENSORS) and waits up to timeout_ms (MS_WAIT_FOREVER: no
+ * limit) for the outputs.  The inputs stay the caller's (the call holds
+ * its own references while it needs them).  On entry *n_out is the room in
+ * outputs; on success outputs[0..*n_out) hold one reference each, owned by
+ * the caller (ms_tensor_release()).  Shared-memory outputs are the
+ * worker's regions opened read-only; inline ones are heap tensors.
+ * If the connection is gone, the call first reconnects (retry options).
+ * Errors: MS_EINVAL (NULL argument, bad name, too many inputs),
+ *   MS_EDISCONNECTED (the worker went away before answering, or could not
+ *   be reached again), MS_ETIMEDOUT (no answer in time; a late answer is
+ *   dropped and its outputs released), MS_ERANGE (more outputs than
+ *   *n_out, or a frame over max_frame_bytes), MS_ENOENT (no such model),
+ *   MS_EBUSY (too many requests in flight on this connection), the
+ *   model's own error code, and ms_tensor_serialize()/ms_tensor_open()'s.
+ *   ms_client_errmsg(c) says why.
+ * Thread-safe: any number of threads may call it at once on one client.
+ */
+MS_EXPORT int ms_client_infer(ms_client_t *c, const char *model_name,
+                              ms_tensor_t *const *inputs, size_t n_in,
+                              uint64_t timeout_ms, ms_tensor_t **outputs,
+                              size_t *n_out);
+
+/**
+ * Called on the loop thread when an async request ends.  status is 0 or
+ * an error as ms_client_infer() returns them.  On success the callback
+ * owns one reference on each outputs[i] (release them, or retain/keep
+ * them); the array itself is valid only during the call.
+ */
+typedef void (*ms_client_cb)(int status, ms_tensor_t **outputs, size_t n_out,
+                             void *user);
+
+/**
+ * ms_client_infer() without blocking: cb runs exactly once, later, on the
+ * thread running loop (never from inside this call).  A needed reconnect
+ * happens on the client's own thread.  Call from loop's thread.  The loop
+ * must run until the callback ran.  If the client is closed first, cb
+ * gets MS_ECANCELED.
+ * Errors (cb is then not called): MS_EINVAL (NULL c/loop/model_name/cb,
+ *   bad name, too many inputs), MS_ENOMEM, MS_EIO.
+ */
+MS_EXPORT int ms_client_infer_async(ms_client_t *c, struct uv_loop_s *loop,
+                                    const char *model_name,
+                                    ms_tensor_t *const *inputs, size_t n_in,
+                                    uint64_t timeout_ms, ms_client_cb cb,
+                                    void *user);
+
+/**
+ * Health check: a round trip to the worker within timeout_ms.  Reconnects
+ * first if needed.  Errors: MS_EINVAL, MS_EDISCONNECTED, MS_ETIMEDOUT.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_client_ping(ms_client_t *c, uint64_t timeout_ms);
+
+/**
+ * The worker's ms_worker_stats_json() text, fetched within timeout_ms; free
+ * *json with ms_free().  Errors: as ms_client_ping(), MS_ENOMEM.
+ * Thread-safe.
+ */
+MS_EXPORT int ms_client_status_json(ms_client_t *c, uint64_t timeout_ms,
+                                    char **json);
+
+/**
+ * Closes the connection and stops the client's thread.  Blocking calls
+ * still in progress on other threads return MS_ECANCELED; pending async
+ * requests get MS_ECANCELED on their loops.  Responses not yet received
+ * are dropped (the worker releases their outputs).  NULL does nothing.
+ * Call it once, after every other thread is done starting calls on c.
+ */
+MS_EXPORT void ms_client_close(ms_client_t *c);
+
+/** Message for the last error the calling thread got from c ("" if none;
+ *  NULL: the last failed ms_client_connect() of this thread). */
+MS_EXPORT const char *ms_client_errmsg(const ms_client_t *c);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 
 # The targets: tests/fuzz/fuzz_<name>.c (CMake builds every such file) with
 # seeds in tests/fuzz/corpus/<name>/.  To add one, add its name here.
-targets=(safetensors config_json descriptor region_header channel_header image_index)
+targets=(safetensors config_json descriptor region_header channel_header
+  image_index worker_frame)
 
 for f in tests/fuzz/fuzz_*.c; do # a target left out of the list is an error
   name=${f#tests/fuzz/fuzz_}; name=${name%.c}

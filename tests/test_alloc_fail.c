@@ -376,6 +376,44 @@ static int sc_channel(void) {
   return d != 0 ? MS_EIO : rc;
 }
 
+static int wk_infer(void *user, void *model, ms_tensor_t *const *inputs,
+                    size_t n_in, ms_worker_out_t *out, ms_tensor_t **outputs,
+                    size_t *n_out) {
+  (void)user, (void)model, (void)inputs, (void)n_in, (void)out, (void)outputs,
+      (void)n_out;
+  return MS_EINVAL;
+}
+
+/* A model worker set up and torn down without listening (ms_worker_run
+ * makes a libuv loop, whose set-up abort()s on allocation failure). */
+static int sc_worker(void) {
+  int rc = 0;
+  ms_shm_t *shm = shm_in_ns("afw-", &rc);
+  if (shm == NULL)
+    return rc;
+  ms_worker_options_t o = MS_WORKER_OPTIONS_INIT;
+  o.endpoint = "/nonexistent/allocfail.sock"; /* never bound */
+  ms_worker_t *w = NULL;
+  rc = ms_worker_create(&o, NULL, shm, &w);
+  tl t = {0};
+  ms_loader_t l = tl_loader(&t);
+  ms_worker_model_t m = MS_WORKER_MODEL_INIT;
+  m.path = "/models/allocfail";
+  m.config_json = "{\"a\":1}";
+  m.loader = &l;
+  m.infer = wk_infer;
+  if (rc == 0)
+    rc = ms_worker_add_model(w, "m", &m);
+  char *json = NULL;
+  if (rc == 0)
+    rc = ms_worker_stats_json(w, &json);
+  ms_free(json);
+  int d = ms_worker_destroy(w) | ms_shm_destroy(shm);
+  if (atomic_load(&t.live) != 0)
+    return MS_EIO; /* the model was not unloaded */
+  return d != 0 ? MS_EIO : rc;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The driver                                                                */
 /* ------------------------------------------------------------------------ */
@@ -447,6 +485,9 @@ static void test_serialize(void **s) {
 }
 static void test_channel(void **s) {
   (void)s, run_scenario("channel", sc_channel);
+}
+static void test_worker(void **s) {
+  (void)s, run_scenario("worker", sc_worker);
 }
 static void test_dlpack(void **s) {
   (void)s, run_scenario("dlpack", sc_dlpack);
@@ -668,6 +709,7 @@ int main(void) {
       cmocka_unit_test(test_serialize),
       cmocka_unit_test(test_dlpack),
       cmocka_unit_test(test_channel),
+      cmocka_unit_test(test_worker),
       cmocka_unit_test(test_fd_exhaustion),
       cmocka_unit_test(test_address_space),
       cmocka_unit_test(test_full_tmpfs),

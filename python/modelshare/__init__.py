@@ -13,7 +13,7 @@ from ._core import Shm, Tensor, capabilities, deserialize, serialize
 from . import errors
 from .errors import *  # noqa: F401,F403 (the exception classes)
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 library_version = version_string()
 
 __all__ = ["Shm", "Tensor", "serialize", "deserialize", "capabilities",

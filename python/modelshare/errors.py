@@ -45,8 +45,11 @@ _KNOWN = {
     "MS_EACCES": ("PermissionDenied", ()),
     "MS_ERANGE": ("OutOfRange", (ValueError,)),
     "MS_ECANCELED": ("Cancelled", ()),  # 1.1
+    "MS_EPIPE": ("ProducerGone", ()),  # 1.1
+    "MS_EDISCONNECTED": ("Disconnected", (ConnectionError,)),  # 1.2
 }
-_V1_0 = [n for n in _KNOWN if n != "MS_ECANCELED"]
+_V1_0 = [n for n in _KNOWN
+         if n not in ("MS_ECANCELED", "MS_EPIPE", "MS_EDISCONNECTED")]
 
 by_code = {}  # negative code -> class
 by_name = {}  # "MS_EINVAL" -> class

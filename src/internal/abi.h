@@ -28,6 +28,10 @@
 /* Host-scope images (first released with them). */
 #define MS__IMAGE_OPTIONS_V1 56
 #define MS__IMAGE_SOURCE_V1 24
+/* Model worker structs: frozen with the release that adds them. */
+#define MS__WORKER_OPTIONS_V1 64
+#define MS__WORKER_MODEL_V1 64
+#define MS__CLIENT_OPTIONS_V1 48
 
 /* Input struct: *dst holds the defaults (its own struct_size set); src is the
  * caller's struct.  0, or -1 if src->struct_size is below v1_size (the caller

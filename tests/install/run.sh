@@ -63,4 +63,13 @@ if "$python" -c "import numpy" 2>/dev/null; then
 else
   echo "install consumer: no $python with numpy, Python package not checked"
 fi
+
+# The worker program: installed, and it runs from the prefix (it finds the
+# installed library through its $ORIGIN rpath, not the build tree's).
+worker="$prefix/bin/modelshare-worker"
+test -x "$worker"
+help=$(env -u LD_LIBRARY_PATH "$worker" --help)
+grep -q "usage: modelshare-worker --endpoint PATH" <<<"$help"
+grep -q "$prefix/.*libmodelshare.so.1" <<<"$(ldd "$worker")"
+
 echo "install consumer: ok"
