@@ -717,11 +717,17 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  * alone and an abstract unix socket of the same name, either of which
  * proves it alive; memfd allocators hold the socket only), so every
  * observer reaches the same verdict whatever its own backend.
- * ms_shm_sweep(), also run by ms_shm_create(), clears the holder slots of
- * dead processes and unlinks regions that no live process holds.  Tokens are
- * random, so pid reuse cannot make a dead process look alive.  A sweep only
- * ever unlinks names of the exact form the library makes, and never a region it
- * cannot open.
+ * ms_shm_sweep() clears the holder slots of dead processes and unlinks
+ * regions that no live process holds, and also reclaims what dead
+ * processes left of the other objects in the namespace: channel rings and
+ * staging objects of dead producers (as ms_channel_reclaim()) and images
+ * that no live process holds or builds (as ms_image_sweep()).  After every
+ * process has exited, one ms_shm_sweep() leaves nothing of the library's
+ * in the namespace (regions: those with the sweeping allocator's prefix).
+ * ms_shm_create() sweeps too, but only regions of its prefix and dead
+ * tokens.  Tokens are random, so pid reuse cannot make a dead process look
+ * alive.  A sweep only ever unlinks names of the exact form the library
+ * makes, and never a region it cannot open.
  *
  * fork(): objects inherited by a child made with fork() belong to the
  * parent.  In the child, ms_tensor_alloc(), ms_tensor_open(),
@@ -847,7 +853,9 @@ typedef struct ms_shm_options {
   }
 
 /**
- * Creates an allocator, takes its liveness token and sweeps the namespace.
+ * Creates an allocator, takes its liveness token and sweeps the namespace
+ * for regions of its prefix and tokens that dead processes left (rings and
+ * images are left to ms_shm_sweep()).
  * options may be NULL for the defaults.
  * Errors: MS_EINVAL (bad option: prefix charset or length, dir not a
  *   directory, unknown backend, options struct_size below the 1.0 size),
@@ -905,11 +913,20 @@ MS_EXPORT int ms_tensor_open(ms_shm_t *shm, const char *descriptor,
                              unsigned flags, ms_tensor_t **out);
 
 /**
- * Releases the references of dead processes and unlinks regions that no
- * live process holds (those with this allocator's prefix) and the liveness
- * tokens of dead processes (any prefix), in this allocator's namespace.
- * On success *reclaimed (may be NULL) receives the number of regions
- * unlinked; on failure it is not written.
+ * Reclaims what dead processes left in this allocator's namespace:
+ *   - releases their references and unlinks regions that no live process
+ *     holds (those with this allocator's prefix), and the liveness tokens
+ *     of dead processes (any prefix);
+ *   - unlinks channel rings whose producer died and staging objects of
+ *     creations cut short (what ms_channel_reclaim() does; since 1.2);
+ *   - unlinks host images that no live process holds or builds, kept ones
+ *     once keep_ms has passed since their last release, and what builders
+ *     killed at any point left (what ms_image_sweep() does; since 1.2).
+ * Nothing a live process holds, builds or produces is touched.
+ * On success *reclaimed (may be NULL) receives the number of objects
+ * unlinked (regions, rings, staging objects, image entries, locks and
+ * regions; not tokens); on failure it is not written.  Every part runs
+ * even if an earlier one fails; the first failure is returned.
  * Errors: MS_EINVAL (NULL shm, or inherited across fork()), MS_EIO (the
  *   namespace cannot be listed), MS_ENOMEM.
  */
@@ -1016,8 +1033,8 @@ MS_EXPORT int ms_capabilities(const char *dir, ms_capabilities_t *caps);
  * A dead subscriber's entry is dropped when the producer finds the ring
  * full, and by ms_channel_sweep(): until then it pins at most `capacity`
  * tensors.  When the producer dies or closes, receivers get every message
- * already published, then MS_EPIPE.  ms_channel_reclaim() unlinks rings
- * whose producer died.
+ * already published, then MS_EPIPE.  ms_channel_reclaim() and
+ * ms_shm_sweep() unlink rings whose producer died.
  *
  * Thread safety: every function may be called from any thread; calls on
  * one channel are serialised by its lock (a blocked recv holds it).  The
@@ -1187,7 +1204,8 @@ MS_EXPORT int ms_channel_sweep(ms_channel_t *ch, size_t *dropped);
 /**
  * Unlinks the rings in shm's namespace whose producer died, and what a
  * producer killed inside ms_channel_create() left.  *reclaimed (may be
- * NULL) gets how many.  Run ms_shm_sweep() too for the tensors.
+ * NULL) gets how many.  ms_shm_sweep() does this too, with the tensors
+ * and images: call that one unless only rings are wanted.
  * Errors: MS_EINVAL (NULL shm or inherited), MS_EIO, MS_ENOMEM.
  */
 MS_EXPORT int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed);
@@ -1496,20 +1514,22 @@ MS_EXPORT int ms_registry_timer_stop(ms_registry_t *reg);
  * (the allocator's holder protocol), so the image lives while any process
  * holds it; without keep_ms it goes with its last holder.  With keep_ms,
  * an image nobody holds stays mapped-able (a restarting worker finds it)
- * until ms_image_sweep() runs keep_ms after its last release.  Images of
- * processes that died are reclaimed by ms_image_sweep(), never by
- * ms_shm_sweep() (images use region prefixes of the form "mi<13 hex>-",
- * reserved for them: do not give an allocator such a prefix).
+ * until ms_image_sweep() or ms_shm_sweep() runs keep_ms after its last
+ * release.  Images of processes that died are reclaimed by either of them
+ * (not by the sweep of ms_shm_create()).  Images use region prefixes of
+ * the form "mi<13 hex>-", reserved for them: do not give an allocator such
+ * a prefix.
  *
  * Backends: an image's tensors are always named regions in the
  * allocator's namespace, whatever its backend option, and the index entry
  * and the lock are named objects beside them ("msimg-<hash>.idx",
  * "msimg-<hash>.lock"): the entry names the regions, so a process that
  * never met the builder finds them, and keep_ms can outlive every process.
- * A process killed at any point leaves only objects ms_image_sweep()
- * removes.  (A memfd region has no name and lives only while some process
- * holds its descriptor: an index entry could make one findable, but never
- * keep it past its last process, so images do not use them.)
+ * A process killed at any point leaves only objects ms_image_sweep() (and
+ * ms_shm_sweep()) removes.  (A memfd region has no name and lives only
+ * while some process holds its descriptor: an index entry could make one
+ * findable, but never keep it past its last process, so images do not use
+ * them.)
  * Windows: a named object dies with its last handle, so an index entry
  * disappears as soon as no process maps it, and objects cannot be listed
  * (ms_image_sweep() finds nothing).  Images are not yet usable across
@@ -1646,7 +1666,8 @@ MS_EXPORT void ms_image_release(ms_image_t *img);
  * with keep_ms only once keep_ms has passed since their last release), and
  * leftovers of builders killed at any point.  Never touches an image a
  * live process holds or builds.  *reclaimed (may be NULL) gets the number
- * of objects unlinked.  Run it from a supervisor, or at start-up.
+ * of objects unlinked.  Run it from a supervisor, or at start-up;
+ * ms_shm_sweep() runs it too, after the allocator's regions.
  * Errors: MS_EINVAL (NULL shm, or inherited across fork()), MS_EIO (the
  *   namespace cannot be listed), MS_ENOMEM.  Thread-safe.
  */

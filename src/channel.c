@@ -1039,19 +1039,18 @@ static int reclaim_one(const char *obj, void *user) {
   return 0;
 }
 
-int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed) {
-  if (shm == NULL)
-    return MS_EINVAL;
-  MS__REFUSE_IF_INHERITED(shm);
+int ms__channel_reclaim_all(ms_shm_t *shm, size_t *reclaimed) {
   reclaim_ctx c = {shm, 0};
   int rc = ms__ns_list(shm->ns, MS__CH_PREFIX, reclaim_one, &c);
   if (rc == MS_ENOTSUP)
     rc = 0; /* Win32: a ring dies with its last handle */
-  if (rc != 0)
-    return ms__errmsg_set(shm, rc, "cannot list the namespace");
-  if (reclaimed != NULL)
-    *reclaimed = c.n;
-  return 0;
+  *reclaimed = c.n;
+  return rc;
+}
+
+int ms_channel_reclaim(ms_shm_t *shm, size_t *reclaimed) {
+  static const ms__sweep_part part = {ms__channel_reclaim_all, "rings"};
+  return ms__sweep_run(shm, &part, 1, reclaimed);
 }
 
 int ms_channel_stats_json(ms_channel_t *ch, char **json) {

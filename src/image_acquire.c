@@ -326,7 +326,7 @@ static int build(acq *a, ms_image_t **out) {
   }
   atomic_store(&((ms__img_idx *)cr.base)->state, MS__IMG_CREATING);
   /* E1: what a builder of this key killed earlier left behind. */
-  (void)ms__img_sweep_prefix(a->shm, a->prefix, NULL);
+  (void)ms__sweep_prefix(a->shm, a->prefix, NULL);
 
   ms_image_builder_t b = {.shm = a->shm};
   memcpy(b.prefix, a->prefix, sizeof(b.prefix));

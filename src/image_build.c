@@ -1,16 +1,13 @@
 /* Host-scope images: the builder.  Each tensor is a region of its own,
- * named with the key's prefix and created by the calling allocator like
- * one of its own (never pooled: its header has no MS__POOLED, and
+ * named with the key's prefix and created by the calling allocator as one
+ * of its own (ms__region_new; never pooled: its header has no MS__POOLED, and
  * ms_tensor_freeze() marks it frozen), filled by the build callback,
  * checked for writes outside it, then frozen.  The protocol is in
  * internal/image.h. */
 #include "internal/image.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 /* The checked header bytes: the plain fields around `life`. */
 static void hdr_snapshot(const ms__hdr *h, unsigned char *out) {
@@ -21,43 +18,30 @@ static void hdr_snapshot(const ms__hdr *h, unsigned char *out) {
          MS__HDR_SNAPSHOT - life_end);
 }
 
-/* A new region of the image for `bytes` of data, held by us.  Lock held. */
+/* A new region of the image for `bytes` of data and the canary after
+ * them, held by us (and by the keeper token, with keep_ms).  Lock held. */
 static int part_region(ms_image_builder_t *b, size_t bytes, ms__map **out,
                        int *keeper_slot) {
-  ms_shm_t *shm = b->shm;
-  ms__map *m = ms__calloc(1, sizeof(*m));
-  if (m == NULL)
-    return MS_ENOMEM;
-  unsigned char rnd[16];
-  int rc = ms__random(rnd, sizeof(rnd));
-  if (rc != 0) {
-    ms__free(m);
-    return rc;
-  }
-  int n = snprintf(m->name, sizeof(m->name), "%s%016llx-", b->prefix,
-                   (unsigned long long)shm->token);
-  for (int i = 0; i < 16; i++)
-    n += snprintf(m->name + n, sizeof(m->name) - (size_t)n, "%02x", rnd[i]);
-  if (bytes > SIZE_MAX - shm->header_size - MS__IMG_CANARY_MIN - shm->page) {
-    ms__free(m);
+  if (bytes > SIZE_MAX - MS__IMG_CANARY_MIN)
     return MS_ERANGE;
-  }
-  size_t data = round_up(bytes + MS__IMG_CANARY_MIN, shm->page);
-  rc = ms__region_create(shm->ns, m->name, shm->header_size + data, &m->region);
-  if (rc != 0) {
-    ms__free(m);
-    return rc;
-  }
-  m->hdr = m->region.base;
-  m->own = 1; /* charged nothing, never pooled (flags 0, then frozen) */
-  m->writable = 1;
-  m->capacity = data;
-  m->gen = 1;
-  ms__hdr_init(m->hdr, shm->header_size, shm->token, 0, m->gen);
-  m->slot = ms__slot_claim(m->hdr, shm->token);
-  *keeper_slot = b->keeper != 0 ? ms__slot_claim(m->hdr, b->keeper) : -1;
-  *out = m;
-  return 0;
+  /* Charged nothing, never pooled (flags 0, then frozen). */
+  int rc =
+      ms__region_new(b->shm, b->prefix, bytes + MS__IMG_CANARY_MIN, 0, out);
+  if (rc == 0)
+    *keeper_slot = b->keeper != 0 ? ms__slot_claim((*out)->hdr, b->keeper) : -1;
+  return rc;
+}
+
+/* Undoes part_region: nobody else knows the region yet.  Lock held. */
+static void part_region_undo(ms_image_builder_t *b, ms__map *m,
+                             int keeper_slot) {
+  ms_shm_t *shm = b->shm;
+  ms__slot_clear(m->hdr, keeper_slot, b->keeper);
+  ms__slot_clear(m->hdr, m->slot, shm->token);
+  m->slot = -1;
+  (void)ms__life_free(m->hdr);
+  if (ms__region_kill(shm, m->hdr, m->name))
+    ms__map_drop(shm, m);
 }
 
 int ms_image_builder_add(ms_image_builder_t *b, const char *name,
@@ -95,19 +79,15 @@ int ms_image_builder_add(ms_image_builder_t *b, const char *name,
   ms_tensor_t *t = NULL;
   rc = part_region(b, bytes, &m, &part->keeper_slot);
   if (rc == 0 && (t = ms__tensor_new(shm, m)) == NULL) {
-    ms__region_unmap(&m->region);
-    (void)ms__region_unlink(shm->ns, m->name);
-    ms__free(m);
+    part_region_undo(b, m, part->keeper_slot);
     rc = MS_ENOMEM;
   }
   if (rc == 0) {
     ms__hdr_set_tensor(m->hdr, dtype, ndim, shape, bytes);
-    atomic_store(&m->hdr->life, MS__LIFE(m->gen, MS__LIVE));
     ms__tensor_fill(t, dtype, ndim, shape, bytes,
                     (char *)m->hdr + shm->header_size);
     t->writable = 1;
     m->handles = 1;
-    ms__map_insert(shm, m);
     shm->live_tensors++;
   }
   uv_mutex_unlock(&shm->lock);

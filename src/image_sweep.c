@@ -13,23 +13,6 @@
  * dead: the next sweep finishes its removal. */
 #define TOMB_STALE_MS 10000u
 
-int ms__img_sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *n) {
-  /* ms__sweep_locked() sweeps its allocator's prefix: run it on a copy of
-   * the allocator that differs only there (the lock held, so the copy's
-   * table of mappings is the live one, read-only). */
-  ms_shm_t *c = ms__malloc(sizeof(*c));
-  if (c == NULL)
-    return MS_ENOMEM;
-  uv_mutex_lock(&shm->lock);
-  memcpy(c, shm, sizeof(*c));
-  memcpy(c->prefix, prefix, strlen(prefix) + 1);
-  int rc = ms__sweep_locked(c, n);
-  ms__pool_refresh(shm); /* our own image regions freed by dead holders */
-  uv_mutex_unlock(&shm->lock);
-  ms__free(c);
-  return rc;
-}
-
 static int is_hex(const char *s, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
@@ -198,17 +181,14 @@ static int sweep_entry(ms_shm_t *shm, const char *hex, size_t *reclaimed) {
   }
   if (!keep) {
     size_t n = 0;
-    (void)ms__img_sweep_prefix(shm, e.prefix, &n);
+    (void)ms__sweep_prefix(shm, e.prefix, &n);
     *reclaimed += n + entry_remove(&e);
   }
   ms__region_unmap(&e.lock_r);
   return keep;
 }
 
-int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed) {
-  if (shm == NULL)
-    return MS_EINVAL;
-  MS__REFUSE_IF_INHERITED(shm);
+int ms__image_sweep_all(ms_shm_t *shm, size_t *reclaimed) {
   list keys = {0}, regions = {0}, kept = {0};
   size_t n = 0;
   int rc = ms__ns_list(shm->ns, "msimg-", collect_entries, &keys);
@@ -231,7 +211,7 @@ int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed) {
     char prefix[MS__PREFIX_MAX + 1];
     (void)snprintf(prefix, sizeof(prefix), "mi%s-", regions.s[i]);
     size_t k = 0;
-    (void)ms__img_sweep_prefix(shm, prefix, &k);
+    (void)ms__sweep_prefix(shm, prefix, &k);
     n += k;
   }
   ms__free(keys.s);
@@ -239,9 +219,11 @@ int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed) {
   ms__free(kept.s);
   if (rc == MS_ENOTSUP)
     rc = 0; /* Windows: nothing can be listed, nothing is left behind */
-  if (rc != 0)
-    return ms__errmsg_set(shm, rc, "cannot sweep images: %s", ms_strerror(rc));
-  if (reclaimed != NULL)
-    *reclaimed = n;
-  return 0;
+  *reclaimed = n;
+  return rc;
+}
+
+int ms_image_sweep(ms_shm_t *shm, size_t *reclaimed) {
+  static const ms__sweep_part part = {ms__image_sweep_all, "host images"};
+  return ms__sweep_run(shm, &part, 1, reclaimed);
 }

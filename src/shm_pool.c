@@ -131,40 +131,37 @@ static ms__map *pool_take(ms_shm_t *shm, size_t bytes) {
   }
 }
 
-/* A new region of `size` bytes, named (the name from the random identity)
- * or anonymous (the locator from where the platform put it). */
-static int region_make(ms_shm_t *shm, size_t size, const uint8_t ident[16],
-                       ms__map *m) {
-  if (shm->backend == MS_SHM_BACKEND_MEMFD) {
+/* A new region of `size` bytes: named `prefix` + creator + identity, or
+ * anonymous (the locator from where the platform put it). */
+static int region_make(ms_shm_t *shm, const char *prefix, size_t size,
+                       const uint8_t ident[16], ms__map *m) {
+  if (prefix == NULL && shm->backend == MS_SHM_BACKEND_MEMFD) {
     int64_t pid = 0, fd = -1;
     int rc = ms__region_create_anon(size, &m->region, &pid, &fd);
     if (rc == 0)
       ms__locator_format(m->name, sizeof(m->name), pid, fd, shm->token, ident);
     return rc;
   }
-  int n = snprintf(m->name, sizeof(m->name), "%s%016llx-", shm->prefix,
+  int n = snprintf(m->name, sizeof(m->name), "%s%016llx-",
+                   prefix != NULL ? prefix : shm->prefix,
                    (unsigned long long)shm->token);
   for (int i = 0; i < 16; i++)
     n += snprintf(m->name + n, sizeof(m->name) - (size_t)n, "%02x", ident[i]);
   return ms__region_create(shm->ns, m->name, size, &m->region);
 }
 
-static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
+int ms__region_new(ms_shm_t *shm, const char *prefix, size_t bytes,
+                   uint32_t flags, ms__map **out) {
+  if (bytes > SIZE_MAX - shm->header_size - shm->page)
+    return MS_ERANGE;
   ms__map *m = ms__calloc(1, sizeof(*m));
   if (m == NULL)
     return MS_ENOMEM;
   uint8_t ident[16];
-  int rc = ms__random(ident, sizeof(ident));
-  if (rc != 0) {
-    ms__free(m);
-    return rc;
-  }
   size_t data = round_up(bytes > 0 ? bytes : 1, shm->page);
-  if (data > SIZE_MAX - shm->header_size) {
-    ms__free(m);
-    return MS_ERANGE;
-  }
-  rc = region_make(shm, shm->header_size + data, ident, m);
+  int rc = ms__random(ident, sizeof(ident));
+  if (rc == 0)
+    rc = region_make(shm, prefix, shm->header_size + data, ident, m);
   if (rc != 0) {
     ms__free(m);
     return rc;
@@ -176,8 +173,7 @@ static int region_new(ms_shm_t *shm, size_t bytes, ms__map **out) {
   m->gen = 1;
   /* CREATING until our slot is in (I1, I3): a concurrent sweep sees a
    * holder, or a creating region of a live creator, never a free one. */
-  ms__hdr_init(m->hdr, shm->header_size, shm->token,
-               shm->pool_bytes > 0 ? MS__POOLED : 0, m->gen);
+  ms__hdr_init(m->hdr, shm->header_size, shm->token, flags, m->gen);
   memcpy(m->hdr->ident, ident, sizeof(ident));  /* a locator's check */
   m->slot = ms__slot_claim(m->hdr, shm->token); /* the slots are all 0 */
   atomic_store(&m->hdr->life, MS__LIFE(m->gen, MS__LIVE));
@@ -224,7 +220,8 @@ static int region_get(ms_shm_t *shm, size_t bytes, ms__map **out) {
     *out = m;
     return 0;
   }
-  int rc = region_new(shm, bytes, out);
+  const uint32_t flags = shm->pool_bytes > 0 ? MS__POOLED : 0;
+  int rc = ms__region_new(shm, NULL, bytes, flags, out);
   if (rc == MS_ENOSPC) {
     /* Dead processes' regions may fill the store, and our pool may: give
      * both back and try once more. */
@@ -233,7 +230,7 @@ static int region_get(ms_shm_t *shm, size_t bytes, ms__map **out) {
     shm->pool_bytes = 0;
     ms__pool_refresh(shm);
     shm->pool_bytes = keep;
-    rc = region_new(shm, bytes, out);
+    rc = ms__region_new(shm, NULL, bytes, flags, out);
   }
   return rc;
 }
@@ -403,7 +400,12 @@ int ms_shm_create(const ms_shm_options_t *options, ms_shm_t **out) {
                           "cannot create a liveness token: %s",
                           ms_strerror(rc));
   }
-  (void)ms_shm_sweep(shm, NULL);
+  /* Dead processes' regions of our prefix and their tokens, as ever; the
+   * rings and images ms_shm_sweep() also reclaims are left to the caller's
+   * choice of moment (a start-up must not cost or change more). */
+  uv_mutex_lock(&shm->lock);
+  (void)ms__sweep_locked(shm, NULL);
+  uv_mutex_unlock(&shm->lock);
   *out = shm;
   return 0;
 }
@@ -449,23 +451,6 @@ int ms_shm_destroy(ms_shm_t *shm) {
   ms__errmsg_clear(shm);
   ms__ns_close(shm->ns);
   ms__free(shm);
-  return 0;
-}
-
-int ms_shm_sweep(ms_shm_t *shm, size_t *reclaimed) {
-  if (shm == NULL)
-    return MS_EINVAL;
-  MS__REFUSE_IF_INHERITED(shm);
-  size_t n = 0;
-  uv_mutex_lock(&shm->lock);
-  int rc = ms__sweep_locked(shm, &n);
-  ms__pool_refresh(shm); /* our regions freed by dead holders */
-  uv_mutex_unlock(&shm->lock);
-  if (rc != 0)
-    return ms__errmsg_set(shm, rc, "cannot list the namespace: %s",
-                          ms_strerror(rc));
-  if (reclaimed != NULL)
-    *reclaimed = n;
   return 0;
 }
 

@@ -1,7 +1,12 @@
 /* Liveness of holders and the sweep: dead processes' slots are cleared,
  * regions nobody alive holds are unlinked, dead tokens are removed.  Only
  * names that shm_names.c parses exactly are ever touched (I7); the
- * protocol is in internal/shm.h. */
+ * protocol is in internal/shm.h.  ms_shm_sweep() also reclaims what the
+ * other kinds of objects in the namespace left (channel rings, host
+ * images), each by the rules of its own protocol, through one internal
+ * entry point of each. */
+#include "internal/channel.h"
+#include "internal/image.h"
 #include "internal/shm.h"
 
 #include <stdlib.h>
@@ -25,6 +30,7 @@ int ms__region_kill(ms_shm_t *shm, ms__hdr *h, const char *name) {
 
 typedef struct sweep_ctx {
   ms_shm_t *shm;
+  const char *prefix; /* of the regions swept */
   size_t reclaimed;
   struct {
     uint64_t token;
@@ -51,7 +57,7 @@ static int alive_cached(sweep_ctx *c, uint64_t token) {
 static int sweep_token(const char *name, void *user) {
   sweep_ctx *c = user;
   uint64_t token = 0;
-  if (ms__token_name_parse(name, c->shm->prefix, &token) != 0)
+  if (ms__token_name_parse(name, c->prefix, &token) != 0)
     return 0;
   if (token != c->shm->token)
     (void)ms__token_alive(c->shm->ns, name);
@@ -60,7 +66,7 @@ static int sweep_token(const char *name, void *user) {
 
 static int sweep_region(const char *name, void *user);
 
-/* Everything with our prefix: a region, or a token of the 1.0 form. */
+/* Everything with the prefix: a region, or a token of the 1.0 form. */
 static int sweep_prefixed(const char *name, void *user) {
   if (!sweep_token(name, user))
     (void)sweep_region(name, user);
@@ -83,8 +89,9 @@ static int sweep_region(const char *name, void *user) {
   size_t prefix_len = 0;
   uint64_t creator = 0;
   if (ms__name_parse(name, &prefix_len, &creator) != 0 ||
-      prefix_len != strlen(shm->prefix))
-    return 0; /* not a name we make with our prefix */
+      prefix_len != strlen(c->prefix) ||
+      memcmp(name, c->prefix, prefix_len) != 0)
+    return 0; /* not a name we make with that prefix */
 
   ms__map *mine = ms__map_find(shm, name, 1, 1);
   ms__region tmp = {0};
@@ -166,32 +173,47 @@ static void sweep_anon(sweep_ctx *c, ms__map *m) {
     (void)ms__life_kill(h, 1); /* nobody will recycle it */
 }
 
-int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
+/* The regions named with c->prefix.  Where the namespace cannot be listed
+ * (Win32, where a region dies with its last handle anyway): the dead
+ * holders of the ones mapped here.  Lock held. */
+static int sweep_named(sweep_ctx *c) {
+  ms_shm_t *shm = c->shm;
+  int rc = ms__ns_list(shm->ns, c->prefix, sweep_prefixed, c);
+  if (rc != MS_ENOTSUP)
+    return rc;
+  /* Copies of the names: sweep_region may drop mappings. */
+  size_t n = 0, k = 0;
+  for (size_t b = 0; b < MS__NBUCKETS; b++)
+    for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+      n++;
+  char(*names)[MS__NAME_MAX + 1] = ms__malloc((n > 0 ? n : 1) * sizeof(*names));
+  if (names == NULL)
+    return MS_ENOMEM;
+  for (size_t b = 0; b < MS__NBUCKETS; b++)
+    for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
+      memcpy(names[k++], m->name, sizeof(m->name));
+  for (size_t i = 0; i < k; i++)
+    (void)sweep_region(names[i], c);
+  ms__free(names);
+  return 0;
+}
+
+static sweep_ctx *ctx_new(ms_shm_t *shm, const char *prefix) {
   sweep_ctx *c = ms__calloc(1, sizeof(*c));
+  if (c != NULL) {
+    c->shm = shm;
+    c->prefix = prefix;
+  }
+  return c;
+}
+
+int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
+  sweep_ctx *c = ctx_new(shm, shm->prefix);
   if (c == NULL)
     return MS_ENOMEM;
-  c->shm = shm;
   int rc = ms__ns_list(shm->ns, MS__TOKEN_PREFIX, sweep_tokens, c);
-  if (rc == 0)
-    rc = ms__ns_list(shm->ns, shm->prefix, sweep_prefixed, c);
-  if (rc == MS_ENOTSUP) {
-    /* The namespace cannot be listed (Win32, where a region dies with its
-     * last handle anyway): release dead holders of the regions we know.
-     * Copies of the names: sweep_region may drop mappings. */
-    size_t n = 0, k = 0;
-    for (size_t b = 0; b < MS__NBUCKETS; b++)
-      for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
-        n++;
-    char(*names)[MS__NAME_MAX + 1] =
-        ms__malloc((n > 0 ? n : 1) * sizeof(*names));
-    for (size_t b = 0; names != NULL && b < MS__NBUCKETS; b++)
-      for (ms__map *m = shm->buckets[b]; m != NULL; m = m->next)
-        memcpy(names[k++], m->name, sizeof(m->name));
-    for (size_t i = 0; i < k; i++)
-      (void)sweep_region(names[i], c);
-    rc = names != NULL ? 0 : MS_ENOMEM;
-    ms__free(names);
-  }
+  if (rc == 0 || rc == MS_ENOTSUP)
+    rc = sweep_named(c);
   for (size_t b = 0; b < MS__NBUCKETS; b++)
     for (ms__map *m = shm->buckets[b], *next; m != NULL; m = next) {
       next = m->next; /* sweep_anon may drop m */
@@ -203,4 +225,63 @@ int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed) {
     *reclaimed = c->reclaimed;
   ms__free(c);
   return rc;
+}
+
+int ms__sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *reclaimed) {
+  sweep_ctx *c = ctx_new(shm, prefix);
+  if (c == NULL)
+    return MS_ENOMEM;
+  uv_mutex_lock(&shm->lock);
+  int rc = sweep_named(c);
+  ms__pool_refresh(shm); /* our own regions freed by dead holders */
+  uv_mutex_unlock(&shm->lock);
+  if (reclaimed != NULL)
+    *reclaimed = c->reclaimed;
+  ms__free(c);
+  return rc;
+}
+
+int ms__sweep_run(ms_shm_t *shm, const ms__sweep_part *parts, size_t n,
+                  size_t *reclaimed) {
+  if (shm == NULL)
+    return MS_EINVAL;
+  MS__REFUSE_IF_INHERITED(shm);
+  size_t total = 0;
+  int rc = 0;
+  const char *what = NULL;
+  for (size_t i = 0; i < n; i++) {
+    size_t k = 0;
+    int r = parts[i].fn(shm, &k);
+    total += k;
+    if (rc == 0 && r != 0) {
+      rc = r;
+      what = parts[i].what;
+    }
+  }
+  if (rc != 0)
+    return ms__errmsg_set(shm, rc, "cannot sweep the namespace's %s: %s", what,
+                          ms_strerror(rc));
+  if (reclaimed != NULL)
+    *reclaimed = total;
+  return 0;
+}
+
+static int sweep_regions(ms_shm_t *shm, size_t *reclaimed) {
+  uv_mutex_lock(&shm->lock);
+  int rc = ms__sweep_locked(shm, reclaimed);
+  ms__pool_refresh(shm); /* our regions freed by dead holders */
+  uv_mutex_unlock(&shm->lock);
+  return rc;
+}
+
+/* Every kind of object in the namespace, each by its own protocol: the
+ * allocator's regions and tokens (above), channel rings and staging
+ * objects of dead producers (C0 of internal/channel.h), host images no
+ * live process holds or builds (internal/image.h). */
+int ms_shm_sweep(ms_shm_t *shm, size_t *reclaimed) {
+  static const ms__sweep_part parts[] = {
+      {sweep_regions, "regions"},
+      {ms__channel_reclaim_all, "channel rings"},
+      {ms__image_sweep_all, "host images"}};
+  return ms__sweep_run(shm, parts, sizeof(parts) / sizeof(parts[0]), reclaimed);
 }

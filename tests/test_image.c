@@ -904,6 +904,98 @@ static void thr_main(void *p) {
   ms_key_destroy(key);
 }
 
+/* A build sweeps its key's prefix (E1) in an allocator that has cached
+ * mappings of other processes' regions, some of them no longer LIVE: the
+ * allocator's table and open cache stay whole (the sweep of another
+ * prefix once ran on a copy of the allocator, and its cache prune freed
+ * mappings the real one still listed: a use after free at the next
+ * lookup, stats or destroy). */
+static void test_build_beside_cached_mappings(void **state) {
+  (void)state;
+  reset_counters();
+  write_source("weights v1\n");
+  ms_shm_t *a = new_shm_cfg(0); /* an open cache of 64 */
+  ms_shm_t *b = new_shm_cfg(1); /* unpooled: released regions go DEAD */
+  assert_non_null(a);
+  assert_non_null(b);
+  enum { N = 3 };
+  ms_tensor_t *t[N], *u = NULL;
+  char desc[N][MS_DESCRIPTOR_MAX];
+  for (int i = 0; i < N; i++) {
+    int64_t shape[1] = {4096};
+    assert_int_equal(ms_tensor_alloc(b, MS_DTYPE_UINT8, 1, shape, NULL, &t[i]),
+                     0);
+    assert_int_equal(ms_tensor_descriptor(t[i], desc[i], sizeof(desc[i])), 0);
+    assert_int_equal(ms_tensor_open(a, desc[i], 0, &u), 0);
+    ms_tensor_release(u); /* cached in a */
+  }
+  for (int i = 0; i < N; i++)
+    ms_tensor_release(t[i]); /* unlinked: a's cache must drop them */
+  spec s = {.seed = seed, .elems = 4096, .version = "cached"};
+  ms_key_t *key = new_key();
+  ms_image_options_t o = opts_of(&s);
+  ms_image_t *img = NULL;
+  assert_int_equal(ms_image_acquire(a, key, &o, &img), 0);
+  assert_true(ms_image_built_here(img));
+  assert_int_equal(image_check(img, &s, NULL), 0);
+  ms_shm_stats_t st = MS_SHM_STATS_INIT;
+  assert_int_equal(ms_shm_stats(a, &st), 0);
+  assert_int_equal(ms_tensor_open(a, desc[0], 0, &u), MS_ENOENT);
+  ms_image_release(img);
+  ms_key_destroy(key);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  assert_int_equal(ms_shm_destroy(b), 0);
+  assert_clean();
+}
+
+/* An allocator on the memfd backend builds an image of named regions (a
+ * memfd could not outlive its builder), made like every other region:
+ * the random part of each name is the header's identity.  Another
+ * allocator, named, finds and maps the same image. */
+static void test_memfd_builder(void **state) {
+  (void)state;
+  reset_counters();
+  write_source("weights v1\n");
+  ms_shm_options_t so = MS_SHM_OPTIONS_INIT;
+  so.dir = ns_dir;
+  so.prefix = "tm-";
+  so.backend = MS_SHM_BACKEND_MEMFD;
+  ms_shm_t *a = NULL;
+  assert_int_equal(ms_shm_create(&so, &a), 0);
+  ms_shm_t *b = new_shm();
+  assert_non_null(b);
+  spec s = {.seed = seed, .elems = 4096, .version = "memfd"};
+  ms_key_t *key = new_key();
+  ms_image_options_t o = opts_of(&s);
+  ms_image_t *img = NULL, *img2 = NULL;
+  assert_int_equal(ms_image_acquire(a, key, &o, &img), 0);
+  assert_true(ms_image_built_here(img));
+  for (int t = 0; t < NT; t++) {
+    ms_tensor_t *x = NULL;
+    assert_int_equal(ms_image_tensor(img, tname(t), &x), 0);
+    char desc[MS_DESCRIPTOR_MAX], hex[33];
+    assert_int_equal(ms_tensor_descriptor(x, desc, sizeof(desc)), 0);
+    /* ms1:mi<13 hex>-<16 hex token>-<32 hex identity>:<generation> */
+    assert_int_equal(strncmp(desc, "ms1:mi", 6), 0);
+    const ms__hdr *h =
+        (const ms__hdr *)((const char *)ms_tensor_data(x) - 4096);
+    for (int i = 0; i < 16; i++)
+      snprintf(hex + 2 * i, 3, "%02x", h->ident[i]);
+    assert_non_null(strstr(desc, hex));
+    assert_int_equal(desc[4 + 16 + 17 + 32], ':');
+  }
+  assert_int_equal(ms_image_acquire(b, key, &o, &img2), 0);
+  assert_false(ms_image_built_here(img2));
+  assert_int_equal(image_check(img2, &s, NULL), 0);
+  assert_int_equal(atomic_load(&sh->builds), 1);
+  ms_image_release(img2);
+  ms_image_release(img);
+  ms_key_destroy(key);
+  assert_int_equal(ms_shm_destroy(b), 0);
+  assert_int_equal(ms_shm_destroy(a), 0);
+  assert_clean();
+}
+
 static void test_threads(void **state) {
   (void)state;
   reset_counters();
@@ -944,6 +1036,8 @@ int main(void) {
       cmocka_unit_test(test_keep),
       cmocka_unit_test(test_registry_loader),
       cmocka_unit_test(test_threads),
+      cmocka_unit_test(test_build_beside_cached_mappings),
+      cmocka_unit_test(test_memfd_builder),
       cmocka_unit_test(test_builder_killed),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

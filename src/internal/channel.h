@@ -35,6 +35,12 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 #define MS__CH_STAGE_SUFFIX ".new"
 #define MS__CH_STAGE_MAX (MS__CH_OBJ_MAX - 5 + 1 + 16 + 1 + 8 + 4)
 
+/* Unlinks the rings whose producer died and the staging objects whose
+ * creator died (C0); *reclaimed gets how many.  ms_channel_reclaim() and
+ * ms_shm_sweep() run it.  0 (also where nothing can be listed), MS_EIO,
+ * MS_ENOMEM; no message set. */
+int ms__channel_reclaim_all(ms_shm_t *shm, size_t *reclaimed);
+
 /* 1 if name is a valid user channel name. */
 int ms__ch_name_valid(const char *name);
 /* 0 if obj is exactly a ring object name (its user name not returned). */
@@ -141,10 +147,11 @@ int ms__ch_hdr_validate(const void *h, size_t map_size, ms__ch_geom *g);
  *     staging name goes right after.  So the ring name only ever names a
  *     complete ring, whose producer_token says who made it: a ring whose
  *     producer died (at any point) is found dead by its token and
- *     unlinked by the next create of that name or ms_channel_reclaim().  A
+ *     unlinked by the next create of that name or a reclaim
+ *     (ms__channel_reclaim_all: ms_channel_reclaim(), ms_shm_sweep()).  A
  *     creation cut short leaves at most its staging object, whose name
- *     carries the creator's token: ms_channel_reclaim() unlinks it once
- *     that token is dead, and never while its creator lives.  (Where
+ *     carries the creator's token: a reclaim unlinks it once that token
+ *     is dead, and never while its creator lives.  (Where
  *     objects cannot be linked, Win32, the ring is built under its name:
  *     there an object dies with its last handle, so a dead creator's half
  *     ring vanishes with it, and openers refuse it until ready == 1.)

@@ -22,9 +22,11 @@
  *   msimg-H.lock   the election lock: one 64-bit word (see ELECTION)
  *   P<tok>-<rnd>   the image's tensors: ordinary regions (internal/shm.h)
  *                  whose prefix P = "mi" + the first 13 hex digits of H +
- *                  "-" is the key's own.  An allocator's ms_shm_sweep()
- *                  only looks at its own prefix, so no generic sweep ever
- *                  touches an image; ms_image_sweep() decides for them.
+ *                  "-" is the key's own.  An allocator's own sweep
+ *                  (ms__sweep_locked) only looks at its own prefix: only
+ *                  ms__image_sweep_all() (ms_image_sweep(), and
+ *                  ms_shm_sweep() after the allocator's regions) decides
+ *                  for images, by LIFETIME below.
  *
  * INDEX ENTRY (native byte order, the processes share one machine):
  *   ms__img_idx header (256 bytes), then path, config, transform id and
@@ -85,10 +87,12 @@
  * region, a random token no process holds.  It keeps the regions LIVE
  * (openable) after their last release (ms__life_free sees a slot taken),
  * and any sweep of P clears it as dead.  Only the builder (E1: a key whose
- * image is unusable) and ms_image_sweep() sweep P, and the latter spares
+ * image is unusable) and ms__image_sweep_all() sweep P
+ * (ms__sweep_prefix), and the latter spares
  * a READY image while a live process holds it or for keep_ms after
  * last_used_ms (stored at every acquire and release).
- * The builder's regions are its allocator's own (own = 1 in its table of
+ * The builder's regions are its allocator's own, made by ms__region_new()
+ * with prefix P (named whatever the backend; own = 1 in its table of
  * mappings, so ms_tensor_freeze() accepts them) but charged to no quota,
  * created with no MS__POOLED flag and frozen before the entry is
  * published (I9: never pooled, never recycled, MS_OPEN_WRITE refused, the
@@ -210,8 +214,12 @@ int ms__img_builder_seal(ms_image_builder_t *b);
 void ms__img_builder_discard(ms_image_builder_t *b);
 
 /* ---- image_sweep.c ---- */
-/* ms__sweep_locked() on shm's namespace for the regions of prefix. */
-int ms__img_sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *n);
+/* Reclaims what LIFETIME allows (ms_image_sweep(), ms_shm_sweep()): the
+ * objects of keys whose image no live process holds or builds (kept ones
+ * after keep_ms), and regions of keys without an entry.  *reclaimed gets
+ * the number of objects unlinked.  0 (also where nothing can be listed),
+ * MS_EIO, MS_ENOMEM; no message set. */
+int ms__image_sweep_all(ms_shm_t *shm, size_t *reclaimed);
 
 /* ---- image.c: the handle ---- */
 typedef struct ms__img_tensor {

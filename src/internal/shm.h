@@ -308,6 +308,16 @@ void ms__shm_put(ms_shm_t *shm, ms__map *map);
 /* Records an object-less error (ms_shm_errmsg(NULL)); returns code. */
 int ms__shm_errmsg_none(int code, const char *msg);
 ms_tensor_t *ms__tensor_new(ms_shm_t *shm, ms__map *m);
+/* The one way a region is made.  A new region for `bytes` of data (rounded
+ * up to pages: m->capacity), header flags `flags` (MS__POOLED or 0), its
+ * random identity in hdr->ident, LIVE(1) with our slot claimed, in the
+ * table as one of our own (own, writable), no handle, charged nothing.
+ * prefix NULL: the allocator's own kind (its backend: a name with its
+ * prefix, or a memfd); else a named region "<prefix><token>-<identity>"
+ * whatever the backend (host images: found by name, they outlive their
+ * creator).  MS_ERANGE, MS_ENOMEM, MS_ENOSPC, ...  Lock held. */
+int ms__region_new(ms_shm_t *shm, const char *prefix, size_t bytes,
+                   uint32_t flags, ms__map **out);
 
 /* ---- shm_open_cache.c: the table of mappings and the open cache ---- */
 ms__map *ms__map_find(ms_shm_t *shm, const char *name, int own, int writable);
@@ -327,7 +337,27 @@ void ms__after_last_clear(ms_shm_t *shm, ms__map *m);
 int ms__holder_alive(ms_shm_t *shm, uint64_t token);
 /* FREE(g) -> DEAD and unlink, if nobody holds it (I3, I7).  1 if done. */
 int ms__region_kill(ms_shm_t *shm, ms__hdr *h, const char *name);
+/* The allocator's sweep: dead tokens (any prefix), its prefix's regions,
+ * the memfd regions mapped here.  Lock held. */
 int ms__sweep_locked(ms_shm_t *shm, size_t *reclaimed);
+/* The same rules for the regions named with another prefix (a host
+ * image's, internal/image.h), then our own regions freed by them
+ * (ms__pool_refresh).  Takes the lock.  Where the namespace cannot be
+ * listed, the regions of that prefix mapped here.  0, MS_EIO, MS_ENOMEM. */
+int ms__sweep_prefix(ms_shm_t *shm, const char *prefix, size_t *reclaimed);
+/* One kind of object a public sweep reclaims: fn gets *reclaimed (set
+ * also on failure) and returns 0 or an MS_E* code; `what` names them in
+ * the error message. */
+typedef struct ms__sweep_part {
+  int (*fn)(ms_shm_t *shm, size_t *reclaimed);
+  const char *what;
+} ms__sweep_part;
+/* The public sweeps (ms_shm_sweep, ms_channel_reclaim, ms_image_sweep):
+ * MS_EINVAL for NULL or an inherited shm, then every part, even after one
+ * failed; the first failure is returned with its message set and
+ * *reclaimed untouched, else *reclaimed (may be NULL) gets the sum. */
+int ms__sweep_run(ms_shm_t *shm, const ms__sweep_part *parts, size_t n,
+                  size_t *reclaimed);
 
 /* A heap tensor with uninitialised data (shm_tensor.c). */
 int ms__tensor_new_heap(ms_dtype_t dtype, int ndim, const int64_t *shape,
