@@ -163,7 +163,7 @@ static int locker_fd = -1;
 static struct {
   long steps, allocs, opens, refused_opens, writes, releases, sweeps, recreates,
       forks, kills, verifies, freezes, memfd_allocs, cross_opens,
-      orphan_refusals;
+      orphan_refusals, stats;
 } ctr;
 
 /* The last operations, printed on failure. */
@@ -418,7 +418,7 @@ static void open_in(int w, int i, int writable) {
   const int must_refuse = t->state == GONE || (orph == 1 && !mapped);
   int rc = cmd(w, r, sizeof(r), "open %s %d", t->desc, writable);
   ctr.opens++;
-  ctr.cross_opens += t->cw != w && t->memfd != (W[w].backend == 1);
+  const int cross = t->memfd != (W[w].backend == 1);
   note("w%d open %s %s (%s%s%s%s): %s", w, writable ? "rw" : "ro", t->desc,
        t->state == HELD    ? "held"
        : t->state == LIMBO ? "limbo"
@@ -447,11 +447,12 @@ static void open_in(int w, int i, int writable) {
     W[w].nhandles++;
     t->state = HELD;
     t->touched[w] = W[w].inc;
+    ctr.cross_opens += cross;
     verify_handle(t, &t->h[t->nh - 1], "fresh open");
     return;
   }
   ctr.refused_opens++;
-  if (orph && rc != MS_EBUSY)
+  if (orph == 1 && rc != MS_EBUSY)
     ctr.orphan_refusals++;
   /* A frozen tensor refuses writable opens with MS_EACCES before it looks
    * at the generation, so EACCES is right in any state. */
@@ -466,6 +467,42 @@ static void open_in(int w, int i, int writable) {
       !(t->state == HELD && rc == MS_EBUSY))
     die("%s (%s) opened in w%d as %s, not MS_ENOENT/MS_ESTALE", t->desc,
         t->state != HELD ? "not held" : "memfd creator gone", w, r);
+}
+
+/* Worker w's stats against the model, the same for both backends:
+ * regions_active counts its own regions that some process holds (a holder
+ * slot keeps them LIVE); a region that a killed holder may still appear to
+ * hold (LIMBO), or a frozen memfd held by consumers (who hold a slot only if
+ * their mapping predates the freeze, M2), may or may not count.  With a
+ * quota, bytes_allocated stays within it. */
+static void check_stats(int w) {
+  char r[256];
+  if (cmd(w, r, sizeof(r), "stats") != 0)
+    die("stats in w%d: %s", w, r);
+  unsigned long long active = 0, pooled = 0, opened = 0, mapped = 0,
+                     allocated = 0, hits = 0;
+  if (sscanf(r, "ok %llu %llu %llu %llu %llu %llu", &active, &pooled, &opened,
+             &mapped, &allocated, &hits) != 6)
+    die("bad stats reply %s", r);
+  unsigned long long lo = 0, hi = 0;
+  for (int i = 0; i < nt; i++) {
+    const tensor *t = &T[i];
+    if (t->cw != w || t->cinc != W[w].inc || t->state == GONE)
+      continue;
+    int own_held = 0;
+    for (int k = 0; k < t->nh; k++)
+      own_held |= t->h[k].w == w && t->h[k].own;
+    if (t->state == HELD && (own_held || !(t->memfd && t->frozen)))
+      lo++;
+    hi++;
+  }
+  if (active < lo || active > hi)
+    die("w%d (%s) reports %llu active regions; the model says %llu to %llu", w,
+        backends[W[w].backend], active, lo, hi);
+  if (W[w].quota && allocated > (3ull << 20))
+    die("w%d (%s) has %llu bytes allocated over its quota of %llu", w,
+        backends[W[w].backend], allocated, 3ull << 20);
+  ctr.stats++;
 }
 
 /* After every step. */
@@ -503,6 +540,8 @@ static void check_step(void) {
       }
     }
   }
+  if (w >= 0 && step % 8 == 0)
+    check_stats(w);
   /* Every 50 steps: every holder of every tensor. */
   if (step % 50 == 49)
     for (int k = 0; k < nheld; k++)
@@ -567,14 +606,18 @@ static void op_alloc(int w) {
   nt++;
 }
 
-/* A tensor, most often a held one. */
+/* A tensor, most often a held one (3 in 4: most tensors of a long run are
+ * gone, and check_step already opens those). */
 static int pick_tensor(void) {
   if (nt == 0)
     return -1;
-  for (int tries = 0; tries < 4; tries++) {
-    int i = (int)below((unsigned)nt);
-    if (T[i].state == HELD)
-      return i;
+  if (below(4) != 0) {
+    int held[MAXT], n = 0;
+    for (int i = 0; i < nt; i++)
+      if (T[i].state == HELD)
+        held[n++] = i;
+    if (n > 0)
+      return held[below((unsigned)n)];
   }
   return (int)below((unsigned)nt);
 }
@@ -998,13 +1041,15 @@ static void test_model_random_configs(void **state) {
   print_message("%d seeds in %.1f s: %ld steps, %ld allocations, %ld opens "
                 "(%ld refused), %ld writes, %ld releases, %ld sweeps, %ld "
                 "recreates, %ld forks, %ld kills, %ld verifications; %ld "
-                "memfd allocations, %ld cross-backend opens, %ld freezes, "
-                "%ld refusals of memfd descriptors whose creator was gone\n",
+                "memfd allocations, %ld cross-backend opens (succeeded), %ld "
+                "freezes, "
+                "%ld refusals of memfd descriptors whose creator was gone, "
+                "%ld stats checks\n",
                 seeds, (double)uv_hrtime() / 1e9 - t0, ctr.steps, ctr.allocs,
                 ctr.opens, ctr.refused_opens, ctr.writes, ctr.releases,
                 ctr.sweeps, ctr.recreates, ctr.forks, ctr.kills, ctr.verifies,
                 ctr.memfd_allocs, ctr.cross_opens, ctr.freezes,
-                ctr.orphan_refusals);
+                ctr.orphan_refusals, ctr.stats);
 }
 
 /* Found by the model (seed 1, step 123, on the first memfd build): a
