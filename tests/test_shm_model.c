@@ -167,7 +167,7 @@ static struct {
 } ctr;
 
 /* The last operations, printed on failure. */
-#define HIST 100
+#define HIST 400
 static char hist[HIST][160];
 static int nhist;
 
@@ -236,15 +236,25 @@ static int creator_alive(const tensor *t) {
   return W[t->cw].alive && W[t->cw].inc == t->cinc;
 }
 
-/* Whether worker w maps t now or may (its open cache): M1. */
+/* Whether worker w maps t's region now or may (its open cache keeps
+ * mappings per region, across generations): M1. */
 static int touched(const tensor *t, int w) {
-  return W[w].alive && t->touched[w] == W[w].inc;
+  if (!W[w].alive)
+    return 0;
+  const size_t len = (size_t)(strrchr(t->desc, ':') - t->desc);
+  for (int i = 0; i < nt; i++)
+    if (T[i].touched[w] == W[w].inc && strncmp(T[i].desc, t->desc, len) == 0 &&
+        T[i].desc[len] == ':')
+      return 1;
+  return 0;
 }
 
-/* Whether the creator holds t through some handle. */
+/* Whether the creator holds t through the handle ms_tensor_alloc() gave
+ * it (a handle it opened from its own descriptor after a freeze is a
+ * consumer's: no slot, M2). */
 static int creator_holds(const tensor *t) {
   for (int k = 0; k < t->nh; k++)
-    if (t->h[k].w == t->cw)
+    if (t->h[k].w == t->cw && t->h[k].own)
       return 1;
   return 0;
 }
@@ -751,7 +761,7 @@ static void op_fork(int w) {
     size_t used = 0;
     for (int i = 0; i < nt; i++)
       for (int k = 0; k < T[i].nh; k++)
-        if (T[i].h[k].w == w && orphan(&T[i]) && used + 8 < sizeof(arg)) {
+        if (T[i].h[k].w == w && orphan(&T[i]) != 0 && used + 8 < sizeof(arg)) {
           int n = snprintf(arg + used, sizeof(arg) - used, "%c%d",
                            used == 0 ? ' ' : ',', T[i].h[k].lid);
           used += n > 0 ? (size_t)n : 0;
