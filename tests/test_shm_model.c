@@ -6,12 +6,12 @@
  * random configuration (prefix "ms-", "a-" or "bb_"; pooling off, small or
  * large; open cache of 0, 1 or 64 entries, with or without a byte bound;
  * quota on or off; opening writable or not; backend named, memfd or auto),
- * and drives random operations
- * over pipes: allocate and write a pattern derived from (seed, tensor),
- * open other workers' descriptors, verify bytes, write through writable
- * handles, freeze, release, sweep, destroy and recreate the allocator with a
- * new configuration, fork a child that uses or tidies what it inherited, and
- * kill -9 a worker (and start a new one).  The driver keeps a model of who
+ * and drives random operations over pipes: allocate and write a pattern
+ * derived from (seed, tensor), open other workers' descriptors, verify
+ * bytes, write through writable handles, freeze, release, sweep, destroy
+ * and recreate the allocator with a new configuration, fork a child that
+ * uses or tidies what it inherited, and kill -9 a worker (and start a new
+ * one).  The driver keeps a model of who
  * holds what and checks after every step:
  *
  *   - a held tensor's bytes never change unless a writer holding it wrote
@@ -25,7 +25,11 @@
  *   - at the end, after every worker has exited and one sweep per prefix
  *     (by sweepers of random backends), no region or token is left;
  *   - a frozen tensor is never writable through its creator's handle, its
- *     writable opens are MS_EACCES, and its bytes stay as they were.
+ *     writable opens are MS_EACCES, and its bytes stay as they were (unless
+ *     a holder that opened it writable before the freeze writes them);
+ *     freezing through an opened handle is MS_EINVAL and changes nothing;
+ *   - every 8 steps, a worker's stats: regions_active within what the model
+ *     allows, bytes_allocated within the quota (both backends alike).
  *
  * Backends (issue 13).  Processes of either backend open each other's
  * descriptors, both ways.  Where memfd semantics legitimately differ from
@@ -36,12 +40,18 @@
  *     allocator is destroyed (recreate, quit) or its process dies, the
  *     descriptor never opens in a process that does not map the region
  *     already, even while others still hold it (their bytes stay intact).
- *     A process that maps it (holds it, or keeps it in its open cache) may
- *     still reopen it while it is LIVE: it never needs /proc for that.
+ *     A process that maps the region (holds it, or keeps it in its open
+ *     cache, whatever generation it opened) may still reopen it while it is
+ *     LIVE: it never needs /proc for that.  A forked child is a new
+ *     process: `fork use` lists such descriptors as allowed to fail.
  *   - M2. A frozen memfd is sealed against writes, so its consumers hold it
  *     by their read-only mapping alone, without a holder slot (I9): the
  *     descriptor then opens in new processes only while its creator still
- *     holds it (M1 applies once it does not).
+ *     holds it through the handle ms_tensor_alloc() returned (a handle the
+ *     creator reopened after the freeze is a consumer's).  Once it does
+ *     not, the descriptor may or may not open anywhere, depending on when
+ *     the remaining holders mapped it; the model then accepts either, and
+ *     checks the bytes if it opens.
  *   - M3. Nothing of a memfd is ever in the directory, and a sweep never
  *     unlinks a locator: a sweep clears dead holders only in the memfd
  *     regions mapped in the sweeping process.  So a memfd tensor that a
@@ -68,8 +78,9 @@
  * the forked children and the replies that depend on it.
  *
  * The namespace is a private directory on /dev/shm (the `dir` option).
- * Every worker's configuration (with its backend) is printed when it
- * starts or is recreated, and again on failure.
+ * The first workers' configurations (with their backends) are printed with
+ * the seed; every later one (respawn, recreate) is in the history that a
+ * failure prints, with the configurations of the workers alive then.
  */
 #include "test_util.h"
 
