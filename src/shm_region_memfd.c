@@ -154,6 +154,15 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
   if (seals < 0) { /* not a memfd (nor any shmem file) */
     rc = MS_ENOENT;
     *why = "the process's descriptor is not a memfd any more";
+  } else if ((seals & SEALS_SIZE) != SEALS_SIZE && (seals & F_SEAL_SEAL)) {
+    /* Sealed against sealing without the size seals: a shmem file that
+     * never allowed sealing (a shm_open region, a token file on tmpfs: the
+     * kernel reports F_SEAL_SEAL for those), or a memfd sealed that way by
+     * someone else.  Never one of our regions (they get the size seals
+     * before their descriptor exists, F_SEAL_SEAL only after them), so the
+     * number was reused: the region it named is gone. */
+    rc = MS_ENOENT;
+    *why = "the process's descriptor is not a memfd region any more";
   } else if ((seals & SEALS_SIZE) != SEALS_SIZE) {
     rc = MS_EBADREGION;
     *why = "not sealed against shrinking and growing";
