@@ -754,7 +754,8 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  *     leaves nothing behind (the kernel frees it with its last descriptor
  *     and mapping), and it is not capped by the size of /dev/shm (Docker's
  *     64 MiB default).  The creator keeps the memfd open; a consumer reaches
- *     it as /proc/<pid>/fd/<fd>, checks the object and its seals (no size
+ *     it with pidfd_getfd() (or as /proc/<pid>/fd/<fd> where Yama or
+ *     seccomp refuse that), checks the object and its seals (no size
  *     seals: MS_EBADREGION), maps it, closes the descriptor again, and
  *     checks the region's random 128-bit identity, so that a reused pid or
  *     descriptor number gives MS_ENOENT.  Descriptors are
@@ -765,7 +766,8 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  *     module), and liveness is seen within one network namespace.  A
  *     descriptor stops opening once its creator's allocator is destroyed or
  *     its process dies, even while consumers still map the region (their
- *     mappings stay valid).  Pooling, quotas, holder slots, generations, the
+ *     mappings stay valid; a process that still maps it, holding it or in
+ *     its open cache, can reopen it while someone holds it).  Pooling, quotas, holder slots, generations, the
  *     open cache and the stats behave as for named regions.  The descriptor
  *     could also travel with the memfd itself over a unix socket
  *     (SCM_RIGHTS), e.g. on a channel or worker connection; no call does

@@ -72,8 +72,10 @@ int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
                            int64_t *fd);
 /* Maps process pid's descriptor fd, after the same object checks as
  * ms__region_open() plus the seals: a descriptor that is no longer a
- * sealable object is MS_ENOENT (the number was reused), one without
- * F_SEAL_SHRINK|F_SEAL_GROW is MS_EBADREGION.  A region sealed against
+ * memfd region (not sealable, or a shmem file sealed with F_SEAL_SEAL but
+ * without the size seals, e.g. a shm_open or tmpfs file) is MS_ENOENT (the
+ * number was reused); a memfd without F_SEAL_SHRINK|F_SEAL_GROW is
+ * MS_EBADREGION.  A region sealed against
  * writes is mapped read-only (out->readonly).  The descriptor this opens is
  * closed before returning: the mapping keeps the object alive. */
 int ms__region_open_anon(int64_t pid, int64_t fd, size_t min_size,
