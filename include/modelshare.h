@@ -767,8 +767,9 @@ MS_EXPORT int ms_tensor_freeze(ms_tensor_t *t);
  *     descriptor stops opening once its creator's allocator is destroyed or
  *     its process dies, even while consumers still map the region (their
  *     mappings stay valid; a process that still maps it, holding it or in
- *     its open cache, can reopen it while someone holds it).  Pooling, quotas, holder slots, generations, the
- *     open cache and the stats behave as for named regions.  The descriptor
+ *     its open cache, can reopen it while someone holds it).  Pooling,
+ *     quotas, holder slots, generations, the open cache and the stats
+ *     behave as for named regions.  The descriptor
  *     could also travel with the memfd itself over a unix socket
  *     (SCM_RIGHTS), e.g. on a channel or worker connection; no call does
  *     that yet.
