@@ -202,12 +202,7 @@ int ms__ep_prepare(const char *ep, char *msg, size_t cap);
 int ms__ep_secure(const char *ep, uint64_t *ino);
 /* At stop: removes the socket file if it is still ours. */
 void ms__ep_remove(const char *ep, uint64_t ino);
-/* The descriptor an inference thread may write responses to, or -1 where
- * responses go through the loop only (Windows). */
-int ms__conn_fd(uv_pipe_t *p);
-/* A non-blocking write of len bytes to fd without SIGPIPE: bytes written
- * (maybe fewer), 0 if it would block, or -1 on an error. */
-long ms__conn_send(int fd, const void *p, size_t len);
+
 /* 0 if the peer of an accepted connection may talk to us; MS_EACCES for
  * another user (refused and counted), MS_EIO if it cannot be told. */
 int ms__peer_check(uv_pipe_t *p, int64_t allowed_uid);
