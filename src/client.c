@@ -18,8 +18,8 @@
  *
  * DIRECT REQUESTS (POSIX).  A calling thread writes its own request frame
  * to the socket (non-blocking, under c->wlock) when the connection is
- * ready and the loop has no write pending on it (loop_writes == 0, no
- * rest): the request does not wait for the loop thread to wake.  It then
+ * ready and libuv has no bytes of the loop's queued on it (lib_busy == 0,
+ * no rest): the request does not wait for the loop thread to wake.  It then
  * queues the record as usual, marked written with the connection's
  * generation, still under wlock; the loop moves it to `sent` (or fails it
  * with MS_EDISCONNECTED if that connection is gone).  An answer that
@@ -27,8 +27,9 @@
  * absorbs the submit queue, then looks again.  A partial write leaves its
  * rest to the loop (c->rest), written before any other frame; a write that
  * would block or fails leaves the whole request to the loop.  Every loop
- * write counts in loop_writes (under wlock) until its callback, so libuv
- * never has bytes queued while a caller writes.
+ * write is made under wlock; if libuv could not write all of it at once,
+ * lib_busy stays set until a write callback finds libuv's queue empty, so
+ * libuv never has bytes queued while a caller writes.
  */
 #include "internal/abi.h"
 #include "internal/wire.h"
@@ -100,13 +101,14 @@ struct ms_client {
   uv_mutex_t lock; /* submitq, closing, completion */
   creq *submit_head, *submit_tail;
   int closing;
+  int tick_on; /* the deadline tick runs (see tick_update) */
 
   /* direct requests (see above); written by the loop under wlock */
   uv_mutex_t wlock;
-  int fd;               /* -1: callers hand requests to the loop */
-  uint64_t gen;         /* the connection's generation */
-  unsigned loop_writes; /* uv_writes not yet called back */
-  int rest_state;       /* 1: a caller left a rest, 2: the loop writes it */
+  int fd;         /* -1: callers hand requests to the loop */
+  uint64_t gen;   /* the connection's generation */
+  int lib_busy;   /* libuv has bytes queued on the connection */
+  int rest_state; /* 1: a caller left a rest, 2: the loop writes it */
   ms__wbuf rest;
   size_t rest_off;
   uv_write_t rest_req;
@@ -119,6 +121,7 @@ struct ms_client {
   cconn *conn;
   creq *waiting, *sent;
   unsigned attempts;
+  unsigned idle_ticks;
   int desc_in;  /* the worker opens our descriptors */
   int desc_out; /* we open the worker's */
   size_t peer_max_body;
@@ -186,11 +189,33 @@ static void complete_all(ms_client_t *c, creq **head, int status,
 
 static void on_tick(uv_timer_t *t);
 
+/* The tick runs while requests are outstanding and IDLE_TICKS more: a
+ * caller that wrote its request itself does not wake the loop while it
+ * runs (the tick or the answer absorbs the request).  It stops only when
+ * the submit queue is empty too, under c->lock, where callers read
+ * tick_on. */
+#define IDLE_TICKS 3
+
 static void tick_update(ms_client_t *c) {
   int any = c->waiting != NULL || c->sent != NULL;
-  if (any && !uv_is_active((uv_handle_t *)&c->tick))
-    (void)uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
-  else if (!any)
+  if (any) {
+    c->idle_ticks = 0;
+    if (!uv_is_active((uv_handle_t *)&c->tick)) {
+      (void)uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
+      uv_mutex_lock(&c->lock);
+      c->tick_on = 1;
+      uv_mutex_unlock(&c->lock);
+    }
+    return;
+  }
+  if (!uv_is_active((uv_handle_t *)&c->tick) || c->idle_ticks < IDLE_TICKS)
+    return;
+  uv_mutex_lock(&c->lock);
+  int stop = c->submit_head == NULL;
+  if (stop)
+    c->tick_on = 0;
+  uv_mutex_unlock(&c->lock);
+  if (stop)
     (void)uv_timer_stop(&c->tick);
 }
 
@@ -214,6 +239,7 @@ static void conn_drop(ms_client_t *c) {
   uv_mutex_lock(&c->wlock); /* callers stop writing to it */
   c->fd = -1;
   c->gen++;
+  c->lib_busy = 0;
   if (c->rest_state == 1) { /* never to be written */
     ms__wbuf_free(&c->rest);
     c->rest_state = 0;
@@ -249,7 +275,10 @@ static void attempt_failed(ms_client_t *c, int code, const char *why) {
 }
 
 /* The connection was lost while ready. */
+static int absorb(ms_client_t *c);
+
 static void lost(ms_client_t *c, const char *why) {
+  (void)absorb(c); /* callers' requests on this connection fail too */
   conn_drop(c);
   c->state = S_IDLE;
   complete_all(c, &c->sent, MS_EDISCONNECTED, why);
@@ -262,11 +291,19 @@ static void on_conn_timeout(uv_timer_t *t) {
   attempt_failed(t->data, MS_ETIMEDOUT, "connection attempt timed out");
 }
 
+/* Whether libuv still holds bytes to write on the connection (they go out
+ * from the loop's poll, outside wlock): until a write callback finds none
+ * left, callers do not write.  Loop thread, wlock held. */
+static void lib_check(ms_client_t *c) {
+  c->lib_busy = c->conn != NULL && uv_stream_get_write_queue_size(
+                                       (uv_stream_t *)&c->conn->pipe) != 0;
+}
+
 static void on_rest_written(uv_write_t *req, int status) {
   (void)status;
   ms_client_t *c = req->data;
   uv_mutex_lock(&c->wlock);
-  c->loop_writes--;
+  lib_check(c);
   ms__wbuf_free(&c->rest);
   c->rest_state = 0;
   uv_mutex_unlock(&c->wlock);
@@ -281,13 +318,12 @@ static void rest_flush(ms_client_t *c) {
   c->rest_req.data = c;
   uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
                             (unsigned)(c->rest.len - c->rest_off));
-  c->loop_writes++;
   if (c->conn == NULL || uv_write(&c->rest_req, (uv_stream_t *)&c->conn->pipe,
                                   &ub, 1, on_rest_written) != 0) {
-    c->loop_writes--;
     ms__wbuf_free(&c->rest);
     c->rest_state = 0; /* the read side sees the broken connection */
   }
+  lib_check(c);
 }
 
 typedef struct cframe {
@@ -300,13 +336,13 @@ static void cframe_done(uv_write_t *req, int status) {
   (void)status;
   cframe *f = req->data;
   uv_mutex_lock(&f->c->wlock);
-  f->c->loop_writes--;
+  lib_check(f->c);
   uv_mutex_unlock(&f->c->wlock);
   ms__wbuf_free(&f->b);
   ms__free(f);
 }
 
-/* Every loop write: after a caller's rest, counted in loop_writes. */
+/* Every loop write: after a caller's rest, under wlock. */
 static void send_frame(ms_client_t *c, ms__wbuf *b) {
   cframe *f = c->conn != NULL ? ms__malloc(sizeof(*f)) : NULL;
   if (f == NULL) {
@@ -321,11 +357,9 @@ static void send_frame(ms_client_t *c, ms__wbuf *b) {
   uv_buf_t ub = uv_buf_init((char *)f->b.p, (unsigned)f->b.len);
   uv_mutex_lock(&c->wlock);
   rest_flush(c);
-  c->loop_writes++;
   int rc =
       uv_write(&f->req, (uv_stream_t *)&c->conn->pipe, &ub, 1, cframe_done);
-  if (rc != 0)
-    c->loop_writes--;
+  lib_check(c);
   uv_mutex_unlock(&c->wlock);
   if (rc != 0) {
     ms__wbuf_free(&f->b);
@@ -379,8 +413,6 @@ static void on_welcome(ms_client_t *c, const ms__wire_msg *m) {
    * completes everything. */
   pump(c);
 }
-
-static int absorb(ms_client_t *c);
 
 static creq *find_sent(ms_client_t *c, uint64_t id) {
   for (int pass = 0; pass < 2; pass++) {
@@ -655,6 +687,8 @@ static void expire(ms_client_t *c, creq **head, uint64_t now) {
 
 static void on_tick(uv_timer_t *t) {
   ms_client_t *c = t->data;
+  (void)absorb(c); /* closing: the wake that said so is pending */
+  c->idle_ticks++;
   uint64_t now = uv_hrtime();
   expire(c, &c->waiting, now);
   expire(c, &c->sent, now);
@@ -743,8 +777,7 @@ static int encode_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
  * pending there.  wlock held; takes b. */
 static void write_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
   long n = 0;
-  if (c->fd >= 0 && c->gen == r->gen && c->loop_writes == 0 &&
-      c->rest_state == 0)
+  if (c->fd >= 0 && c->gen == r->gen && !c->lib_busy && c->rest_state == 0)
     n = ms__conn_send(c->fd, b->p, b->len);
   if (n <= 0) { /* not tried, would block, or an error the loop will meet */
     ms__wbuf_free(b);
@@ -778,6 +811,8 @@ static int submit(ms_client_t *c, creq *r) {
   }
   if (direct)
     write_direct(c, r, &b); /* under c->lock too: ms_client_close waits */
+  /* A written request needs no wake while the tick runs. */
+  int wake = !r->written || !c->tick_on || c->rest_state == 1;
   r->next = NULL;
   if (c->submit_tail != NULL)
     c->submit_tail->next = r;
@@ -786,7 +821,8 @@ static int submit(ms_client_t *c, creq *r) {
   c->submit_tail = r;
   uv_mutex_unlock(&c->lock);
   uv_mutex_unlock(&c->wlock);
-  (void)uv_async_send(&c->wake);
+  if (wake)
+    (void)uv_async_send(&c->wake);
   return 0;
 }
 

@@ -180,6 +180,13 @@ const char *ms_worker_errmsg(const ms_worker_t *w) {
 static void on_rest_written(uv_write_t *req, int status);
 
 /* The rest of a partial direct write goes out before anything else. */
+/* Whether libuv still holds bytes to write on c (they go out from the
+ * loop's poll, outside wlock): until a write callback finds none left, no
+ * other thread writes.  Loop thread, wlock held. */
+static void lib_check(ms__wconn *c) {
+  c->lib_busy = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) != 0;
+}
+
 static void rest_flush(ms__wconn *c) { /* wlock held */
   if (c->rest_state != 1)
     return;
@@ -187,45 +194,42 @@ static void rest_flush(ms__wconn *c) { /* wlock held */
   c->rest_req.data = c;
   uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
                             (unsigned)(c->rest.len - c->rest_off));
-  c->loop_writes++;
   if (uv_write(&c->rest_req, (uv_stream_t *)&c->pipe, &ub, 1,
                on_rest_written) != 0) {
-    c->loop_writes--;
     ms__wbuf_free(&c->rest);
     c->rest_state = 0; /* the read side sees the broken connection */
   }
+  lib_check(c);
 }
 
 static void on_rest_written(uv_write_t *req, int status) {
   (void)status;
   ms__wconn *c = req->data;
   uv_mutex_lock(&c->wlock);
-  c->loop_writes--;
   ms__wbuf_free(&c->rest);
   c->rest_state = 0;
+  lib_check(c);
   uv_mutex_unlock(&c->wlock);
 }
 
 /* Every loop write goes through here: the rest of a partial direct write
- * goes first, and the write counts in loop_writes until its callback (so
- * no inference thread writes meanwhile).  0, or uv_write's error (then
- * cb is not called). */
+ * goes first; if libuv could not write it all at once, no inference
+ * thread writes until it did (lib_busy).  0, or uv_write's error (then cb
+ * is not called). */
 static int loop_write(ms__wconn *c, uv_write_t *req, const void *p, size_t len,
                       uv_write_cb cb) {
   uv_buf_t ub = uv_buf_init((char *)p, (unsigned)len);
   uv_mutex_lock(&c->wlock);
   rest_flush(c);
-  c->loop_writes++;
   int rc = uv_write(req, (uv_stream_t *)&c->pipe, &ub, 1, cb);
-  if (rc != 0)
-    c->loop_writes--;
+  lib_check(c);
   uv_mutex_unlock(&c->wlock);
   return rc;
 }
 
 static void loop_write_done(ms__wconn *c) {
   uv_mutex_lock(&c->wlock);
-  c->loop_writes--;
+  lib_check(c);
   uv_mutex_unlock(&c->wlock);
 }
 
@@ -686,9 +690,6 @@ void ms__done_drain(ms_worker_t *w) {
     }
     j->wreq.data = j;
     if (loop_write(c, &j->wreq, j->resp.p, j->resp.len, on_job_written) != 0) {
-      uv_mutex_lock(&c->wlock); /* on_job_written counts one down */
-      c->loop_writes++;
-      uv_mutex_unlock(&c->wlock);
       on_job_written(&j->wreq, -1);
     }
   }

@@ -125,7 +125,7 @@ static void encode(ms_worker_t *w, ms__job *j) {
 static void hand_over(ms_worker_t *w, ms__job *j) {
   ms__wconn *c = j->conn;
   uv_mutex_lock(&c->wlock);
-  if (c->fd >= 0 && c->loop_writes == 0 && c->rest_state == 0) {
+  if (c->fd >= 0 && !c->lib_busy && c->rest_state == 0) {
     long n = ms__conn_send(c->fd, j->resp.p, j->resp.len);
     if (n > 0) {
       j->sent = 1;

@@ -17,11 +17,12 @@
  *
  * An inference thread writes a response to the connection's socket itself
  * (non-blocking, under conn->wlock) when the loop has no write of its own
- * pending there (loop_writes == 0, no rest): the client gets its answer
+ * pending there (lib_busy == 0, no rest): the client gets its answer
  * without a hand-off to the loop.  The job still goes to w->done, so the
  * loop keeps its bookkeeping (ACKs, in-flight counts, release).  Every
- * loop write (uv_write) counts in loop_writes, under wlock, until its
- * callback, so libuv never has bytes queued while a thread writes.  A
+ * loop write (uv_write) is made under wlock; if libuv could not write all
+ * of it at once, lib_busy stays set until a write callback finds libuv's
+ * queue empty, so libuv never has bytes queued while a thread writes.  A
  * partial write moves the frame to conn->rest (rest_state 1): the loop
  * writes that rest before any other frame of the connection and when the
  * job reaches it, so frames never interleave.  A
@@ -113,12 +114,12 @@ struct ms__wconn {
   ms__framer rx;
   /* direct responses (see above) */
   uv_mutex_t wlock;
-  int fd;               /* -1: no direct writes (wlock) */
-  unsigned loop_writes; /* uv_writes not yet called back (wlock) */
-  int rest_state;       /* 1: a direct write left a rest, 2: the loop is
-                           writing it (wlock) */
-  ms__wbuf rest;        /* that rest's frame (wlock) */
-  size_t rest_off;      /* bytes of it already written */
+  int fd;          /* -1: no direct writes (wlock) */
+  int lib_busy;    /* libuv has bytes queued on pipe (wlock) */
+  int rest_state;  /* 1: a direct write left a rest, 2: the loop is
+                      writing it (wlock) */
+  ms__wbuf rest;   /* that rest's frame (wlock) */
+  size_t rest_off; /* bytes of it already written */
   uv_write_t rest_req;
 };
 
