@@ -294,6 +294,10 @@ static void conn_unref(ms__wconn *c) {
     c->next->prev = c->prev;
   ms__framer_free(&c->rx);
   ms__wbuf_free(&c->rest);
+  /* An inference thread that handed its job over may not have let go of
+   * wlock yet: wait for it, then nothing else touches c. */
+  uv_mutex_lock(&c->wlock);
+  uv_mutex_unlock(&c->wlock);
   uv_mutex_destroy(&c->wlock);
   ms__free(c);
   check_stopped(w);
