@@ -15,6 +15,21 @@
  * failed reconnect (after retry_attempts) completes every `waiting` one.
  * A late answer to a completed request finds no record: its descriptor
  * outputs are acknowledged anyway, so the worker releases them.
+ *
+ * DIRECT REQUESTS (POSIX).  A calling thread writes its own request frame
+ * to the socket (non-blocking, under c->wlock) when the connection is
+ * ready and libuv has no bytes of the loop's queued on it (lib_busy == 0,
+ * no rest): the request does not wait for the loop thread to wake.  It then
+ * queues the record as usual, marked written with the connection's
+ * generation, still under wlock; the loop moves it to `sent` (or fails it
+ * with MS_EDISCONNECTED if that connection is gone).  An answer that
+ * overtakes this finds no record in `sent`: the loop takes wlock once and
+ * absorbs the submit queue, then looks again.  A partial write leaves its
+ * rest to the loop (c->rest), written before any other frame; a write that
+ * would block or fails leaves the whole request to the loop.  Every loop
+ * write is made under wlock; if libuv could not write all of it at once,
+ * lib_busy stays set until a write callback finds libuv's queue empty, so
+ * libuv never has bytes queued while a caller writes.
  */
 #include "internal/abi.h"
 #include "internal/wire.h"
@@ -44,7 +59,9 @@ struct creq {
   char model[MS_WORKER_NAME_MAX + 1];
   ms_tensor_t *inputs[MS_WORKER_MAX_TENSORS];
   size_t n_in;
-  size_t cap; /* room for outputs */
+  size_t cap;  /* room for outputs */
+  int written; /* a direct request: its frame went out on connection gen */
+  uint64_t gen;
   /* results */
   int done;
   int status;
@@ -84,13 +101,27 @@ struct ms_client {
   uv_mutex_t lock; /* submitq, closing, completion */
   creq *submit_head, *submit_tail;
   int closing;
+  int tick_on; /* the deadline tick runs (see tick_update) */
+
+  /* direct requests (see above); written by the loop under wlock */
+  uv_mutex_t wlock;
+  int fd;         /* -1: callers hand requests to the loop */
+  uint64_t gen;   /* the connection's generation */
+  int lib_busy;   /* libuv has bytes queued on the connection */
+  int rest_state; /* 1: a caller left a rest, 2: the loop writes it */
+  ms__wbuf rest;
+  size_t rest_off;
+  uv_write_t rest_req;
+  int d_desc_in, d_desc_out; /* copies of desc_in, desc_out, peer_max_body */
+  size_t d_max_body;
+  atomic_uint_fast64_t next_id; /* request ids, taken by loop and callers */
 
   /* loop thread only */
   int state;
   cconn *conn;
   creq *waiting, *sent;
   unsigned attempts;
-  uint64_t next_id;
+  unsigned idle_ticks;
   int desc_in;  /* the worker opens our descriptors */
   int desc_out; /* we open the worker's */
   size_t peer_max_body;
@@ -158,11 +189,33 @@ static void complete_all(ms_client_t *c, creq **head, int status,
 
 static void on_tick(uv_timer_t *t);
 
+/* The tick runs while requests are outstanding and IDLE_TICKS more: a
+ * caller that wrote its request itself does not wake the loop while it
+ * runs (the tick or the answer absorbs the request).  It stops only when
+ * the submit queue is empty too, under c->lock, where callers read
+ * tick_on. */
+#define IDLE_TICKS 3
+
 static void tick_update(ms_client_t *c) {
   int any = c->waiting != NULL || c->sent != NULL;
-  if (any && !uv_is_active((uv_handle_t *)&c->tick))
-    (void)uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
-  else if (!any)
+  if (any) {
+    c->idle_ticks = 0;
+    if (!uv_is_active((uv_handle_t *)&c->tick)) {
+      (void)uv_timer_start(&c->tick, on_tick, TICK_MS, TICK_MS);
+      uv_mutex_lock(&c->lock);
+      c->tick_on = 1;
+      uv_mutex_unlock(&c->lock);
+    }
+    return;
+  }
+  if (!uv_is_active((uv_handle_t *)&c->tick) || c->idle_ticks < IDLE_TICKS)
+    return;
+  uv_mutex_lock(&c->lock);
+  int stop = c->submit_head == NULL;
+  if (stop)
+    c->tick_on = 0;
+  uv_mutex_unlock(&c->lock);
+  if (stop)
     (void)uv_timer_stop(&c->tick);
 }
 
@@ -183,6 +236,15 @@ static void conn_drop(ms_client_t *c) {
   cconn *k = c->conn;
   if (k == NULL)
     return;
+  uv_mutex_lock(&c->wlock); /* callers stop writing to it */
+  c->fd = -1;
+  c->gen++;
+  c->lib_busy = 0;
+  if (c->rest_state == 1) { /* never to be written */
+    ms__wbuf_free(&c->rest);
+    c->rest_state = 0;
+  }
+  uv_mutex_unlock(&c->wlock);
   c->conn = NULL;
   k->closed = 1;
   uv_close((uv_handle_t *)&k->pipe, conn_closed);
@@ -213,7 +275,10 @@ static void attempt_failed(ms_client_t *c, int code, const char *why) {
 }
 
 /* The connection was lost while ready. */
+static int absorb(ms_client_t *c);
+
 static void lost(ms_client_t *c, const char *why) {
+  (void)absorb(c); /* callers' requests on this connection fail too */
   conn_drop(c);
   c->state = S_IDLE;
   complete_all(c, &c->sent, MS_EDISCONNECTED, why);
@@ -226,11 +291,80 @@ static void on_conn_timeout(uv_timer_t *t) {
   attempt_failed(t->data, MS_ETIMEDOUT, "connection attempt timed out");
 }
 
+/* Whether libuv still holds bytes to write on the connection (they go out
+ * from the loop's poll, outside wlock): until a write callback finds none
+ * left, callers do not write.  Loop thread, wlock held. */
+static void lib_check(ms_client_t *c) {
+  c->lib_busy = c->conn != NULL && uv_stream_get_write_queue_size(
+                                       (uv_stream_t *)&c->conn->pipe) != 0;
+}
+
+static void on_rest_written(uv_write_t *req, int status) {
+  (void)status;
+  ms_client_t *c = req->data;
+  uv_mutex_lock(&c->wlock);
+  lib_check(c);
+  ms__wbuf_free(&c->rest);
+  c->rest_state = 0;
+  uv_mutex_unlock(&c->wlock);
+}
+
+/* The rest of a caller's partial write goes out before anything else.
+ * wlock held. */
+static void rest_flush(ms_client_t *c) {
+  if (c->rest_state != 1)
+    return;
+  c->rest_state = 2;
+  c->rest_req.data = c;
+  uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
+                            (unsigned)(c->rest.len - c->rest_off));
+  if (c->conn == NULL || uv_write(&c->rest_req, (uv_stream_t *)&c->conn->pipe,
+                                  &ub, 1, on_rest_written) != 0) {
+    ms__wbuf_free(&c->rest);
+    c->rest_state = 0; /* the read side sees the broken connection */
+  }
+  lib_check(c);
+}
+
+typedef struct cframe {
+  uv_write_t req;
+  ms_client_t *c;
+  ms__wbuf b;
+} cframe;
+
+static void cframe_done(uv_write_t *req, int status) {
+  (void)status;
+  cframe *f = req->data;
+  uv_mutex_lock(&f->c->wlock);
+  lib_check(f->c);
+  uv_mutex_unlock(&f->c->wlock);
+  ms__wbuf_free(&f->b);
+  ms__free(f);
+}
+
+/* Every loop write: after a caller's rest, under wlock. */
 static void send_frame(ms_client_t *c, ms__wbuf *b) {
-  if (c->conn != NULL)
-    (void)ms__wire_send((uv_stream_t *)&c->conn->pipe, b);
-  else
+  cframe *f = c->conn != NULL ? ms__malloc(sizeof(*f)) : NULL;
+  if (f == NULL) {
     ms__wbuf_free(b);
+    return;
+  }
+  f->c = c;
+  f->b = *b;
+  f->req.data = f;
+  b->p = NULL;
+  b->len = b->cap = 0;
+  uv_buf_t ub = uv_buf_init((char *)f->b.p, (unsigned)f->b.len);
+  uv_mutex_lock(&c->wlock);
+  rest_flush(c);
+  int rc =
+      uv_write(&f->req, (uv_stream_t *)&c->conn->pipe, &ub, 1, cframe_done);
+  lib_check(c);
+  uv_mutex_unlock(&c->wlock);
+  if (rc != 0) {
+    ms__wbuf_free(&f->b);
+    ms__free(f);
+  }
 }
 
 static void send_ack(ms_client_t *c, uint64_t id) {
@@ -269,15 +403,28 @@ static void on_welcome(ms_client_t *c, const ms__wire_msg *m) {
   uint64_t mine =
       c->o.max_frame_bytes < UINT32_MAX ? c->o.max_frame_bytes : UINT32_MAX;
   c->conn->rx.max_body = (size_t)mine - MS__WIRE_HDR;
+  uv_mutex_lock(&c->wlock); /* callers may write their requests */
+  c->d_desc_in = c->desc_in;
+  c->d_desc_out = c->desc_out;
+  c->d_max_body = c->peer_max_body;
+  c->fd = ms__conn_fd(&c->conn->pipe);
+  uv_mutex_unlock(&c->wlock);
   /* The connect call (if any) is waiting with the others: pump sends or
    * completes everything. */
   pump(c);
 }
 
 static creq *find_sent(ms_client_t *c, uint64_t id) {
-  for (creq *r = c->sent; r != NULL; r = r->next)
-    if (r->id == id)
-      return r;
+  for (int pass = 0; pass < 2; pass++) {
+    for (creq *r = c->sent; r != NULL; r = r->next)
+      if (r->id == id)
+        return r;
+    if (pass == 0) { /* a direct request not yet absorbed? */
+      uv_mutex_lock(&c->wlock);
+      uv_mutex_unlock(&c->wlock);
+      (void)absorb(c);
+    }
+  }
   return NULL;
 }
 
@@ -483,18 +630,19 @@ static void start_connect(ms_client_t *c) {
 /* sending (loop thread)                                                     */
 /* ------------------------------------------------------------------------ */
 
-static int encode(ms_client_t *c, creq *r, ms__wbuf *b) {
+static int encode(int desc_in, int desc_out, size_t max_body, creq *r,
+                  ms__wbuf *b) {
   static const uint8_t types[] = {0, MS__MSG_REQUEST, MS__MSG_PING,
                                   MS__MSG_STATUS};
   ms__wbuf_begin(b, types[r->kind], r->id);
   if (r->kind == K_INFER) {
-    ms__wbuf_u16(b, c->desc_out ? 0 : MS__REQ_INLINE_OUT);
+    ms__wbuf_u16(b, desc_out ? 0 : MS__REQ_INLINE_OUT);
     ms__wbuf_u16(b, (uint16_t)r->n_in);
     ms__wbuf_str(b, r->model, strlen(r->model));
     for (size_t i = 0; i < r->n_in; i++)
-      ms__wbuf_tensor(b, r->inputs[i], c->desc_in, NULL);
+      ms__wbuf_tensor(b, r->inputs[i], desc_in, NULL);
   }
-  return ms__wbuf_end(b, c->peer_max_body);
+  return ms__wbuf_end(b, max_body);
 }
 
 /* Sends or completes every waiting request, or starts connecting. */
@@ -512,9 +660,9 @@ static void pump(ms_client_t *c) {
       complete(c, r, 0, NULL);
       continue;
     }
-    r->id = ++c->next_id;
+    r->id = atomic_fetch_add(&c->next_id, 1) + 1;
     ms__wbuf b;
-    int rc = encode(c, r, &b);
+    int rc = encode(c->desc_in, c->desc_out, c->peer_max_body, r, &b);
     if (rc != 0) {
       complete(c, r, rc,
                rc == MS_ERANGE ? "request over the worker's max_frame_bytes"
@@ -539,14 +687,17 @@ static void expire(ms_client_t *c, creq **head, uint64_t now) {
 
 static void on_tick(uv_timer_t *t) {
   ms_client_t *c = t->data;
+  (void)absorb(c); /* closing: the wake that said so is pending */
+  c->idle_ticks++;
   uint64_t now = uv_hrtime();
   expire(c, &c->waiting, now);
   expire(c, &c->sent, now);
   tick_update(c);
 }
 
-static void on_wake(uv_async_t *a) {
-  ms_client_t *c = a->data;
+/* Takes the submit queue: direct requests to `sent` (or failed, if their
+ * connection is gone), the others to `waiting`.  Returns c->closing. */
+static int absorb(ms_client_t *c) {
   uv_mutex_lock(&c->lock);
   creq *list = c->submit_head;
   c->submit_head = c->submit_tail = NULL;
@@ -564,9 +715,23 @@ static void on_wake(uv_async_t *a) {
   while (rev != NULL) {
     creq *r = rev;
     rev = r->next;
-    list_push(&c->waiting, r);
+    if (!r->written)
+      list_push(&c->waiting, r);
+    else if (c->state == S_READY && r->gen == c->gen)
+      list_push(&c->sent, r);
+    else
+      complete(c, r, MS_EDISCONNECTED, "the connection to the worker was lost");
   }
+  return closing;
+}
+
+static void on_wake(uv_async_t *a) {
+  ms_client_t *c = a->data;
+  int closing = absorb(c);
   if (!closing) {
+    uv_mutex_lock(&c->wlock);
+    rest_flush(c);
+    uv_mutex_unlock(&c->wlock);
     pump(c);
     return;
   }
@@ -588,13 +753,66 @@ static void thread_main(void *arg) {
 /* public API                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* Queues r for the loop.  MS_ECANCELED once the client is closing. */
+/* Encodes r for the current connection, outside any lock (inline tensors
+ * may be large).  0 and b filled, or non-zero: the loop takes r. */
+static int encode_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
+  uv_mutex_lock(&c->wlock);
+  int ok = c->fd >= 0;
+  int din = c->d_desc_in, dout = c->d_desc_out;
+  size_t max = c->d_max_body;
+  r->gen = c->gen;
+  uv_mutex_unlock(&c->wlock);
+  if (!ok || r->kind == K_CONNECT)
+    return -1;
+  r->id = atomic_fetch_add(&c->next_id, 1) + 1;
+  if (encode(din, dout, max, r, b) != 0) {
+    ms__wbuf_free(b); /* the loop encodes it again and reports why */
+    return -1;
+  }
+  return 0;
+}
+
+/* Writes b (r's frame) to the socket from the calling thread if the
+ * connection is still the one it was encoded for and the loop has nothing
+ * pending there.  wlock held; takes b. */
+static void write_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
+  long n = 0;
+  if (c->fd >= 0 && c->gen == r->gen && !c->lib_busy && c->rest_state == 0)
+    n = ms__conn_send(c->fd, b->p, b->len);
+  if (n <= 0) { /* not tried, would block, or an error the loop will meet */
+    ms__wbuf_free(b);
+    return;
+  }
+  r->written = 1;
+  if ((size_t)n == b->len) {
+    ms__wbuf_free(b);
+    return;
+  }
+  c->rest = *b; /* the loop writes the rest (woken by submit) */
+  c->rest_off = (size_t)n;
+  c->rest_state = 1;
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* Queues r for the loop (written first, if it can).  MS_ECANCELED once the
+ * client is closing. */
 static int submit(ms_client_t *c, creq *r) {
+  ms__wbuf b;
+  int direct = encode_direct(c, r, &b) == 0;
+  uv_mutex_lock(&c->wlock);
   uv_mutex_lock(&c->lock);
   if (c->closing) {
     uv_mutex_unlock(&c->lock);
+    uv_mutex_unlock(&c->wlock);
+    if (direct)
+      ms__wbuf_free(&b);
     return MS_ECANCELED;
   }
+  if (direct)
+    write_direct(c, r, &b); /* under c->lock too: ms_client_close waits */
+  /* A written request needs no wake while the tick runs. */
+  int wake = !r->written || !c->tick_on || c->rest_state == 1;
   r->next = NULL;
   if (c->submit_tail != NULL)
     c->submit_tail->next = r;
@@ -602,7 +820,9 @@ static int submit(ms_client_t *c, creq *r) {
     c->submit_head = r;
   c->submit_tail = r;
   uv_mutex_unlock(&c->lock);
-  (void)uv_async_send(&c->wake);
+  uv_mutex_unlock(&c->wlock);
+  if (wake)
+    (void)uv_async_send(&c->wake);
   return 0;
 }
 
@@ -641,6 +861,8 @@ static void client_free(ms_client_t *c) {
   if (c->own_shm)
     (void)ms_shm_destroy(c->shm);
   uv_mutex_destroy(&c->lock);
+  uv_mutex_destroy(&c->wlock);
+  ms__wbuf_free(&c->rest);
   ms__free(c->endpoint);
   ms__free(c);
 }
@@ -664,7 +886,14 @@ int ms_client_connect(const char *endpoint, const ms_client_options_t *options,
     return ms__errmsg_set(&none, MS_ENOMEM, "out of memory");
   c->o = o;
   c->endpoint = ms__strdup(endpoint);
+  c->fd = -1;
   if (c->endpoint == NULL || uv_mutex_init(&c->lock) != 0) {
+    ms__free(c->endpoint);
+    ms__free(c);
+    return ms__errmsg_set(&none, MS_ENOMEM, "out of memory");
+  }
+  if (uv_mutex_init(&c->wlock) != 0) {
+    uv_mutex_destroy(&c->lock);
     ms__free(c->endpoint);
     ms__free(c);
     return ms__errmsg_set(&none, MS_ENOMEM, "out of memory");

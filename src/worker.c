@@ -177,8 +177,91 @@ const char *ms_worker_errmsg(const ms_worker_t *w) {
 /* writing frames                                                            */
 /* ------------------------------------------------------------------------ */
 
+static void on_rest_written(uv_write_t *req, int status);
+
+/* The rest of a partial direct write goes out before anything else. */
+/* Whether libuv still holds bytes to write on c (they go out from the
+ * loop's poll, outside wlock): until a write callback finds none left, no
+ * other thread writes.  Loop thread, wlock held. */
+static void lib_check(ms__wconn *c) {
+  c->lib_busy = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) != 0;
+}
+
+static void rest_flush(ms__wconn *c) { /* wlock held */
+  if (c->rest_state != 1)
+    return;
+  c->rest_state = 2;
+  c->rest_req.data = c;
+  uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
+                            (unsigned)(c->rest.len - c->rest_off));
+  if (uv_write(&c->rest_req, (uv_stream_t *)&c->pipe, &ub, 1,
+               on_rest_written) != 0) {
+    ms__wbuf_free(&c->rest);
+    c->rest_state = 0; /* the read side sees the broken connection */
+  }
+  lib_check(c);
+}
+
+static void on_rest_written(uv_write_t *req, int status) {
+  (void)status;
+  ms__wconn *c = req->data;
+  uv_mutex_lock(&c->wlock);
+  ms__wbuf_free(&c->rest);
+  c->rest_state = 0;
+  lib_check(c);
+  uv_mutex_unlock(&c->wlock);
+}
+
+/* Every loop write goes through here: the rest of a partial direct write
+ * goes first; if libuv could not write it all at once, no inference
+ * thread writes until it did (lib_busy).  0, or uv_write's error (then cb
+ * is not called). */
+static int loop_write(ms__wconn *c, uv_write_t *req, const void *p, size_t len,
+                      uv_write_cb cb) {
+  uv_buf_t ub = uv_buf_init((char *)p, (unsigned)len);
+  uv_mutex_lock(&c->wlock);
+  rest_flush(c);
+  int rc = uv_write(req, (uv_stream_t *)&c->pipe, &ub, 1, cb);
+  lib_check(c);
+  uv_mutex_unlock(&c->wlock);
+  return rc;
+}
+
+static void loop_write_done(ms__wconn *c) {
+  uv_mutex_lock(&c->wlock);
+  lib_check(c);
+  uv_mutex_unlock(&c->wlock);
+}
+
+typedef struct wframe {
+  uv_write_t req;
+  ms__wconn *c;
+  ms__wbuf b;
+} wframe;
+
+static void wframe_done(uv_write_t *req, int status) {
+  (void)status;
+  wframe *f = req->data;
+  loop_write_done(f->c);
+  ms__wbuf_free(&f->b);
+  ms__free(f);
+}
+
 static void send_buf(ms__wconn *c, ms__wbuf *b) {
-  (void)ms__wire_send((uv_stream_t *)&c->pipe, b);
+  wframe *f = ms__malloc(sizeof(*f));
+  if (f == NULL) {
+    ms__wbuf_free(b);
+    return;
+  }
+  f->c = c;
+  f->b = *b;
+  f->req.data = f;
+  b->p = NULL;
+  b->len = b->cap = 0;
+  if (loop_write(c, &f->req, f->b.p, f->b.len, wframe_done) != 0) {
+    ms__wbuf_free(&f->b);
+    ms__free(f);
+  }
 }
 
 static void send_error(ms__wconn *c, uint8_t type, uint64_t id, int code,
@@ -210,6 +293,12 @@ static void conn_unref(ms__wconn *c) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   ms__framer_free(&c->rx);
+  ms__wbuf_free(&c->rest);
+  /* An inference thread that handed its job over may not have let go of
+   * wlock yet: wait for it, then nothing else touches c. */
+  uv_mutex_lock(&c->wlock);
+  uv_mutex_unlock(&c->wlock);
+  uv_mutex_destroy(&c->wlock);
   ms__free(c);
   check_stopped(w);
 }
@@ -253,6 +342,9 @@ static void conn_close(ms__wconn *c, int protocol_error) {
   uv_mutex_unlock(&w->lock);
   c->state = MS__C_CLOSED;
   atomic_store(&c->closed, 1);
+  uv_mutex_lock(&c->wlock); /* no thread writes to the socket from now on */
+  c->fd = -1;
+  uv_mutex_unlock(&c->wlock);
   /* Written responses waiting for an ACK will never get one. */
   for (ms__job *j = c->jobs, *next; j != NULL; j = next) {
     next = j->next;
@@ -273,6 +365,7 @@ static void on_hs_timeout(uv_timer_t *t) {
 
 static void on_job_written(uv_write_t *req, int status) {
   ms__job *j = req->data;
+  loop_write_done(j->conn);
   ms__wbuf_free(&j->resp);
   j->written = 1;
   if (status != 0 || !j->held || j->acked || j->conn->state == MS__C_CLOSED)
@@ -325,6 +418,9 @@ static int handshake(ms__wconn *c, const ms__wire_msg *m) {
   uv_mutex_unlock(&w->lock);
   c->state = MS__C_READY;
   c->rx.max_body = w->max_body;
+  uv_mutex_lock(&c->wlock); /* inference threads may answer directly */
+  c->fd = ms__conn_fd(&c->pipe);
+  uv_mutex_unlock(&c->wlock);
   uv_timer_stop(&c->timer);
   return 0;
 }
@@ -383,14 +479,27 @@ static void on_request(ms__wconn *c, uint8_t *frame, const ms__wire_msg *m) {
   ms__batch_submit(w, j);
 }
 
-static void on_ack(ms__wconn *c, uint64_t id) {
+static ms__job *held_job(ms__wconn *c, uint64_t id) {
   for (ms__job *j = c->jobs; j != NULL; j = j->next)
-    if (j->id == id && j->held && !j->acked) {
-      j->acked = 1;
-      if (j->written)
-        job_finish(j);
+    if (j->id == id && j->held && !j->acked)
+      return j;
+  return NULL;
+}
+
+static void on_ack(ms__wconn *c, uint64_t id) {
+  ms__job *j = held_job(c, id);
+  if (j == NULL) {
+    /* An inference thread may have written the response itself and not
+     * yet handed the job over: it does both under wlock. */
+    uv_mutex_lock(&c->wlock);
+    uv_mutex_unlock(&c->wlock);
+    ms__done_drain(c->w);
+    if (c->state == MS__C_CLOSED || (j = held_job(c, id)) == NULL)
       return;
-    }
+  }
+  j->acked = 1;
+  if (j->written)
+    job_finish(j);
 }
 
 /* One complete frame (buf[0..len), owned when `owned`).  Returns non-zero
@@ -499,7 +608,13 @@ static void on_connection(uv_stream_t *server, int status) {
   }
   c->w = w;
   c->rx.max_body = HS_MAX_BODY;
+  c->fd = -1;
+  if (uv_mutex_init(&c->wlock) != 0) {
+    ms__free(c);
+    return;
+  }
   if (uv_pipe_init(w->loop, &c->pipe, 0) != 0) {
+    uv_mutex_destroy(&c->wlock);
     ms__free(c);
     return;
   }
@@ -543,8 +658,9 @@ static void on_connection(uv_stream_t *server, int status) {
 /* responses from the inference threads                                      */
 /* ------------------------------------------------------------------------ */
 
-static void on_done(uv_async_t *a) {
-  ms_worker_t *w = a->data;
+static void on_done(uv_async_t *a) { ms__done_drain(a->data); }
+
+void ms__done_drain(ms_worker_t *w) {
   uv_mutex_lock(&w->lock);
   ms__job *list = w->done_head;
   w->done_head = w->done_tail = NULL;
@@ -564,11 +680,22 @@ static void on_done(uv_async_t *a) {
     if (c->jobs != NULL)
       c->jobs->prev = j;
     c->jobs = j;
+    if (j->sent) {
+      /* Written by its inference thread (a rest, if any, goes before
+       * the connection's next frame). */
+      uv_mutex_lock(&c->wlock);
+      rest_flush(c);
+      uv_mutex_unlock(&c->wlock);
+      ms__wbuf_free(&j->resp);
+      j->written = 1;
+      if (!j->held || j->acked)
+        job_finish(j);
+      continue;
+    }
     j->wreq.data = j;
-    uv_buf_t ub = uv_buf_init((char *)j->resp.p, (unsigned)j->resp.len);
-    if (uv_write(&j->wreq, (uv_stream_t *)&c->pipe, &ub, 1, on_job_written) !=
-        0)
+    if (loop_write(c, &j->wreq, j->resp.p, j->resp.len, on_job_written) != 0) {
       on_job_written(&j->wreq, -1);
+    }
   }
 }
 

@@ -119,6 +119,37 @@ static void encode(ms_worker_t *w, ms__job *j) {
   j->n_in = 0;
 }
 
+/* Writes j's response to its connection when the loop has nothing queued
+ * there (see "direct responses" in worker.h), then puts j on w->done for
+ * the loop, both under the connection's wlock. */
+static void hand_over(ms_worker_t *w, ms__job *j) {
+  ms__wconn *c = j->conn;
+  uv_mutex_lock(&c->wlock);
+  if (c->fd >= 0 && !c->lib_busy && c->rest_state == 0) {
+    long n = ms__conn_send(c->fd, j->resp.p, j->resp.len);
+    if (n > 0) {
+      j->sent = 1;
+      if ((size_t)n < j->resp.len) { /* the loop writes the rest */
+        c->rest = j->resp;
+        c->rest_off = (size_t)n;
+        c->rest_state = 1;
+        j->resp.p = NULL;
+        j->resp.len = j->resp.cap = 0;
+      }
+    }
+  }
+  uv_mutex_lock(&w->lock);
+  j->next = NULL;
+  if (w->done_tail != NULL)
+    w->done_tail->next = j;
+  else
+    w->done_head = j;
+  w->done_tail = j;
+  w->queued--;
+  uv_mutex_unlock(&w->lock);
+  uv_mutex_unlock(&c->wlock);
+}
+
 static void run_batch(ms_worker_t *w, ms__wmodel *m, ms__job **jobs, size_t n) {
   ms__job *run[64] = {NULL};
   ms_worker_request_t req[64];
@@ -190,15 +221,10 @@ static void run_batch(ms_worker_t *w, ms__wmodel *m, ms__job **jobs, size_t n) {
     uint64_t us = (now - j->t_recv) / 1000;
     m->lat_us[m->nlat++ % MS__LAT_RING] =
         us < UINT32_MAX ? (uint32_t)us : UINT32_MAX;
-    j->next = NULL;
-    if (w->done_tail != NULL)
-      w->done_tail->next = j;
-    else
-      w->done_head = j;
-    w->done_tail = j;
   }
-  w->queued -= n;
   uv_mutex_unlock(&w->lock);
+  for (size_t i = 0; i < n; i++)
+    hand_over(w, jobs[i]);
   (void)uv_async_send(&w->h->done_async);
 }
 

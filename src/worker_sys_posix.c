@@ -109,3 +109,26 @@ int ms__peer_check(uv_pipe_t *p, int64_t allowed_uid) {
     return 0;
   return MS_EACCES;
 }
+
+int ms__conn_fd(uv_pipe_t *p) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)p, &fd) != 0)
+    return -1;
+  return fd;
+}
+
+long ms__conn_send(int fd, const void *p, size_t len) {
+#ifdef MSG_NOSIGNAL
+  int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+#else
+  int flags = MSG_DONTWAIT; /* libuv's sockets are non-blocking anyway */
+#endif
+  for (;;) {
+    ssize_t n = send(fd, p, len, flags);
+    if (n >= 0)
+      return (long)n;
+    if (errno == EINTR)
+      continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+  }
+}

@@ -571,7 +571,10 @@ static void test_client_killed(void **state) {
     uv_sleep(5);
   }
   assert_int_equal(ss.regions_active, 1);
-  assert_int_equal(stat_num(F.w, "clients"), 0);
+  /* The answer may reach the client before the worker's loop handled it
+   * (an inference thread writes it): the close is seen a little later. */
+  while (stat_num(F.w, "clients") != 0)
+    uv_sleep(5);
 }
 
 typedef struct kthread {

@@ -149,7 +149,17 @@ void ms__framer_free(ms__framer *f);
 /* Writes an encoded frame (taking b's buffer) to a libuv stream; the
  * buffer is freed when the write ends.  0 or MS_EIO / MS_ENOMEM. */
 struct uv_stream_s;
+struct uv_pipe_s;
 int ms__wire_send(struct uv_stream_s *s, ms__wbuf *b);
+
+/* worker_sys_posix.c / worker_sys_win32.c: writes from threads other than
+ * the loop's (worker.h and client.c say when).  The descriptor of a
+ * connected pipe that other threads may write to, or -1 where every write
+ * goes through the loop (Windows). */
+int ms__conn_fd(struct uv_pipe_s *p);
+/* A non-blocking write of len bytes to fd without SIGPIPE: bytes written
+ * (maybe fewer), 0 if it would block, or -1 on an error. */
+long ms__conn_send(int fd, const void *p, size_t len);
 
 /* Model names: 1..MS_WORKER_NAME_MAX of [A-Za-z0-9_.-]. */
 int ms__wire_name_ok(const char *s, size_t n);

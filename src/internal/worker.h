@@ -13,6 +13,24 @@
  * threads read atomically) until its last job came back; such jobs are
  * dropped and their outputs released.
  *
+ * DIRECT RESPONSES (POSIX)
+ *
+ * An inference thread writes a response to the connection's socket itself
+ * (non-blocking, under conn->wlock) when the loop has no write of its own
+ * pending there (lib_busy == 0, no rest): the client gets its answer
+ * without a hand-off to the loop.  The job still goes to w->done, so the
+ * loop keeps its bookkeeping (ACKs, in-flight counts, release).  Every
+ * loop write (uv_write) is made under wlock; if libuv could not write all
+ * of it at once, lib_busy stays set until a write callback finds libuv's
+ * queue empty, so libuv never has bytes queued while a thread writes.  A
+ * partial write moves the frame to conn->rest (rest_state 1): the loop
+ * writes that rest before any other frame of the connection and when the
+ * job reaches it, so frames never interleave.  A
+ * would-block write or an error leaves the job to the loop's usual write.
+ * The push to w->done happens under wlock, so an ACK read after the
+ * response always finds its job after taking wlock once.  conn_close()
+ * sets fd to -1 under wlock before the socket is closed.
+ *
  * Outputs sent by descriptor stay held by the job until the client's ACK
  * (it has opened them) or the connection's close: the client must open a
  * descriptor while some process holds it.  A connection's in-flight count
@@ -74,6 +92,7 @@ struct ms__job {
   int acked;   /* ACK received (loop) */
   int linked;  /* on conn's list (loop) */
   ms__wbuf resp;
+  int sent; /* an inference thread wrote resp (or left its rest to conn) */
   uv_write_t wreq;
 };
 
@@ -93,6 +112,15 @@ struct ms__wconn {
   unsigned inflight; /* see above (loop) */
   ms__job *jobs;     /* responses written or being written (loop) */
   ms__framer rx;
+  /* direct responses (see above) */
+  uv_mutex_t wlock;
+  int fd;          /* -1: no direct writes (wlock) */
+  int lib_busy;    /* libuv has bytes queued on pipe (wlock) */
+  int rest_state;  /* 1: a direct write left a rest, 2: the loop is
+                      writing it (wlock) */
+  ms__wbuf rest;   /* that rest's frame (wlock) */
+  size_t rest_off; /* bytes of it already written */
+  uv_write_t rest_req;
 };
 
 /* Allocated apart from the worker, so that a failed start can close them
@@ -158,6 +186,10 @@ void ms__batch_submit(ms_worker_t *w, ms__job *j);
 /* Releases a job's inputs and outputs and frees it (any thread). */
 void ms__job_free(ms__job *j);
 
+/* worker.c: the loop side of direct responses.  Takes finished jobs off
+ * w->done and writes or finishes them (loop thread). */
+void ms__done_drain(ms_worker_t *w);
+
 /* worker_stats.c */
 void ms__stats_error(ms_worker_t *w, int code); /* lock held */
 
@@ -171,6 +203,7 @@ int ms__ep_prepare(const char *ep, char *msg, size_t cap);
 int ms__ep_secure(const char *ep, uint64_t *ino);
 /* At stop: removes the socket file if it is still ours. */
 void ms__ep_remove(const char *ep, uint64_t ino);
+
 /* 0 if the peer of an accepted connection may talk to us; MS_EACCES for
  * another user (refused and counted), MS_EIO if it cannot be told. */
 int ms__peer_check(uv_pipe_t *p, int64_t allowed_uid);
