@@ -14,6 +14,17 @@
 
 #define MSB_PYTHON "/usr/bin/python3" /* Debian's numpy is for Debian's */
 
+/* An ASan build's library needs the sanitizer runtimes first in the
+ * (uninstrumented) interpreter; its own allocations are not leak-checked.
+ * Set for the interpreter's command only: a preloaded runtime inherited by
+ * later scenarios' children (espeak-ng) deadlocks them. */
+#ifdef MSB_PYTHON_PRELOAD
+#define MSB_PYTHON_ENV                                                         \
+  "LD_PRELOAD='" MSB_PYTHON_PRELOAD "' ASAN_OPTIONS=detect_leaks=0 "
+#else
+#define MSB_PYTHON_ENV ""
+#endif
+
 static double num(const cJSON *row, const char *key) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
   return cJSON_IsNumber(v) ? v->valuedouble : -1;
@@ -32,18 +43,11 @@ static char *run_script(const msb_opts *o) {
   if (setenv("PYTHONPATH", MSB_PYTHON_PATH, 1) != 0 ||
       setenv("MODELSHARE_LIBRARY", MSB_LIBRARY, 0) != 0)
     return NULL;
-#ifdef MSB_PYTHON_PRELOAD
-  /* An ASan build's library needs the sanitizer runtimes first in the
-   * (uninstrumented) interpreter; its own allocations are not leak-checked. */
-  if (setenv("LD_PRELOAD", MSB_PYTHON_PRELOAD, 1) != 0 ||
-      setenv("ASAN_OPTIONS", "detect_leaks=0", 1) != 0)
-    return NULL;
-#endif
   char cmd[1024];
   int n =
       snprintf(cmd, sizeof(cmd),
-               MSB_PYTHON " %s --sizes %s --reps %d --frames %d "
-                          "--c-consumer %s",
+               MSB_PYTHON_ENV MSB_PYTHON " %s --sizes %s --reps %d "
+                                         "--frames %d --c-consumer %s",
                MSB_PYTHON_SCRIPT, sizes, o->reps, o->quick ? 4 : 8, o->self);
   if (n < 0 || (size_t)n >= sizeof(cmd))
     return NULL;
