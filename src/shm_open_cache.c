@@ -230,8 +230,18 @@ static int open_locked(ms_shm_t *shm, const char *name, uint64_t gen,
   }
   uint32_t hflags;
   memcpy(&hflags, &m->hdr->flags, sizeof(hflags)); /* untrusted, advisory */
-  if (rc == 0 && writable && (m->region.readonly || (hflags & MS__FROZEN)))
+  if (rc == 0 && writable && (m->region.readonly || (hflags & MS__FROZEN))) {
+    /* A released or reused region's descriptor is MS_ENOENT/MS_ESTALE
+     * whatever the region became since: say so before "frozen". */
+    uint64_t life = atomic_load(&m->hdr->life);
+    if (life != MS__LIFE(gen, MS__LIVE)) {
+      ms__free(t);
+      if (m->handles == 0 && !m->in_lru)
+        ms__map_drop(shm, m);
+      return life_refusal(shm, name, life, gen);
+    }
     rc = MS_EACCES;
+  }
   if (rc != 0) {
     ms__free(t);
     if (m->handles == 0 && !m->in_lru)

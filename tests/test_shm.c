@@ -727,6 +727,35 @@ static void test_freeze(void **state) {
   assert_int_equal(ms_shm_destroy(prod), 0);
 }
 
+/* A released descriptor stays MS_ENOENT/MS_ESTALE when its region was
+ * reused and then frozen: a writable open must not answer MS_EACCES
+ * (found by test_shm_model, seed 78267042597187). */
+static void test_freeze_after_reuse_keeps_old_descriptor_stale(void **state) {
+  (void)state;
+  ms_shm_t *prod = new_shm(64 << 20), *cons = new_shm(0);
+  ms_tensor_t *t = alloc_u8(prod, 3 * 4096), *w = NULL;
+  char old[MS_DESCRIPTOR_MAX], cur[MS_DESCRIPTOR_MAX];
+  descriptor(t, old);
+  ms_tensor_release(t); /* pooled */
+  t = alloc_u8(prod, 3 * 4096);
+  descriptor(t, cur);
+  ms_shm_stats_t s = MS_SHM_STATS_INIT;
+  assert_int_equal(ms_shm_stats(prod, &s), 0);
+  if (s.pool_hits == 1) { /* the same region, one generation on */
+    assert_int_equal(ms_tensor_freeze(t), 0);
+    assert_int_equal(ms_tensor_open(cons, old, MS_OPEN_WRITE, &w), MS_ESTALE);
+    assert_int_equal(ms_tensor_open(cons, old, 0, &w), MS_ESTALE);
+    assert_null(w);
+    assert_int_equal(ms_tensor_open(cons, cur, MS_OPEN_WRITE, &w), MS_EACCES);
+    assert_null(w);
+  } else {
+    fail_msg("the second allocation did not reuse the pooled region");
+  }
+  ms_tensor_release(t);
+  assert_int_equal(ms_shm_destroy(cons), 0);
+  assert_int_equal(ms_shm_destroy(prod), 0);
+}
+
 static void test_dlpack_export(void **state) {
   (void)state;
   ms_shm_t *shm = new_shm(0);
@@ -913,6 +942,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_open_cache_and_writable, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_freeze, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_freeze_after_reuse_keeps_old_descriptor_stale, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dlpack_export, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capabilities_and_defaults, setup,
                                       teardown),
