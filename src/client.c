@@ -348,17 +348,8 @@ static void on_welcome(ms_client_t *c, const ms__wire_msg *m) {
   }
   c->desc_in = (m->flags & MS__WELCOME_DESC) != 0;
   c->desc_out = 0;
-  if (m->str_len > 0 && c->shm != NULL &&
-      (c->o.flags & MS_CLIENT_INLINE) == 0) {
-    char d[MS_DESCRIPTOR_MAX];
-    memcpy(d, m->str, m->str_len);
-    d[m->str_len] = '\0';
-    ms_tensor_t *t = NULL;
-    if (ms_tensor_open(c->shm, d, 0, &t) == 0) {
-      c->desc_out = 1;
-      ms_tensor_release(t);
-    }
-  }
+  if (m->str_len > 0 && (c->o.flags & MS_CLIENT_INLINE) == 0)
+    c->desc_out = ms__wire_probe_opens(c->shm, m->str, m->str_len);
   ms_tensor_release(c->probe);
   c->probe = NULL;
   uint64_t mf = m->max_frame < UINT32_MAX ? m->max_frame : UINT32_MAX;

@@ -348,16 +348,8 @@ static int handshake(ms__wconn *c, const ms__wire_msg *m) {
   int inline_only = (w->o.flags & MS_WORKER_INLINE) != 0 || w->shm == NULL ||
                     (m->flags & MS__HELLO_INLINE) != 0;
   c->desc_in = 0;
-  if (!inline_only && m->str_len > 0) {
-    char d[MS_DESCRIPTOR_MAX];
-    memcpy(d, m->str, m->str_len);
-    d[m->str_len] = '\0';
-    ms_tensor_t *t = NULL;
-    if (ms_tensor_open(w->shm, d, 0, &t) == 0) {
-      c->desc_in = 1;
-      ms_tensor_release(t);
-    }
-  }
+  if (!inline_only && m->str_len > 0)
+    c->desc_in = ms__wire_probe_opens(w->shm, m->str, m->str_len);
   ms__wbuf b;
   ms__wbuf_begin(&b, MS__MSG_WELCOME, 0);
   ms__wbuf_u32(&b, MS__WIRE_MAGIC);
