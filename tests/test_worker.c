@@ -892,17 +892,7 @@ static void write_hello(int fd, uint16_t proto) {
 }
 
 static void send_hello(int fd) {
-  ms__wbuf b;
-  ms__wbuf_begin(&b, MS__MSG_HELLO, 0);
-  ms__wbuf_u32(&b, MS__WIRE_MAGIC);
-  ms__wbuf_u16(&b, MS__WIRE_PROTO);
-  ms__wbuf_u16(&b, MS__HELLO_INLINE);
-  ms__wbuf_u32(&b, ms_version());
-  ms__wbuf_u32(&b, 0);
-  ms__wbuf_str(&b, "", 0);
-  assert_int_equal(ms__wbuf_end(&b, 4096), 0);
-  assert_int_equal(write(fd, b.p, b.len), (ssize_t)b.len);
-  ms__wbuf_free(&b);
+  write_hello(fd, MS__WIRE_PROTO);
   uint8_t hdr[MS__WIRE_HDR];
   assert_int_equal(read(fd, hdr, sizeof(hdr)), (ssize_t)sizeof(hdr));
   assert_int_equal(hdr[4], MS__MSG_WELCOME);
