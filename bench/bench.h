@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #define MSB_MAX_SIZES 8
 
@@ -52,9 +53,21 @@ int msb_shm(const msb_opts *o, cJSON *root);
 int msb_vision(const msb_opts *o, cJSON *root);
 int msb_python(const msb_opts *o, cJSON *root); /* bench_python.c */
 int msb_channel(const msb_opts *o, cJSON *root);
-int msb_memfd(const msb_opts *o, cJSON *root); /* bench_memfd.c */
+int msb_memfd(const msb_opts *o, cJSON *root);   /* bench_memfd.c */
 int msb_weights(const msb_opts *o, cJSON *root); /* bench_weights.c */
-int msb_worker(const msb_opts *o, cJSON *root); /* bench_worker.c */
+int msb_worker(const msb_opts *o, cJSON *root);  /* bench_worker.c */
+
+/* A consumer process started as `self --consumer`, driven through its
+ * stdin (in) and stdout (out) (bench_shm.c). */
+typedef struct msb_peer {
+  pid_t pid;
+  FILE *in, *out;
+} msb_peer;
+/* Starts it; big_pipe: the request pipe gets the largest buffer allowed.
+ * 0, or -1 if it could not be started. */
+int msb_peer_start(const char *self, int big_pipe, msb_peer *p);
+/* Closes its pipes and waits for it. */
+void msb_peer_stop(msb_peer *p);
 
 /* The consumer process of the shm and vision scenarios. */
 int msb_consumer_main(void);

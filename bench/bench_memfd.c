@@ -20,45 +20,9 @@
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
-typedef struct mpeer {
-  pid_t pid;
-  FILE *in, *out;
-} mpeer;
-
-static int mpeer_start(const char *self, mpeer *p) {
-  int to[2], from[2];
-  if (pipe(to) != 0)
-    return -1;
-  if (pipe(from) != 0) {
-    close(to[0]), close(to[1]);
-    return -1;
-  }
-  fflush(NULL);
-  p->pid = fork();
-  if (p->pid == 0) {
-    dup2(to[0], 0);
-    dup2(from[1], 1);
-    close(to[0]), close(to[1]), close(from[0]), close(from[1]);
-    execl(self, self, "--consumer", (char *)NULL);
-    _exit(127);
-  }
-  close(to[0]);
-  close(from[1]);
-  p->in = fdopen(to[1], "w");
-  p->out = fdopen(from[0], "r");
-  return p->pid > 0 && p->in != NULL && p->out != NULL ? 0 : -1;
-}
-
-static void mpeer_stop(mpeer *p) {
-  fclose(p->in);
-  fclose(p->out);
-  int st;
-  waitpid(p->pid, &st, 0);
-}
-
 /* "open DESC": the consumer opens, reads every byte, releases; returns its
  * open time in microseconds, or a negative value if it failed. */
-static double ask_open(mpeer *p, const char *desc) {
+static double ask_open(msb_peer *p, const char *desc) {
   fprintf(p->in, "open %s\n", desc);
   fflush(p->in);
   char line[128];
@@ -90,7 +54,7 @@ static ms_tensor_t *alloc(ms_shm_t *shm, size_t n) {
 }
 
 /* 0, or -1 if something failed. */
-static int measure(const msb_opts *o, mpeer *p, uint32_t backend, size_t n,
+static int measure(const msb_opts *o, msb_peer *p, uint32_t backend, size_t n,
                    const void *src, fig *f) {
   /* First opens keep their regions held until all are done (at most
    * 512 MiB), so that no open pays for unmapping an earlier, dead region
@@ -189,8 +153,8 @@ int msb_memfd(const msb_opts *o, cJSON *root) {
     printf("\n== memfd backend: not available here ==\n");
     return -1;
   }
-  mpeer p;
-  if (mpeer_start(o->self, &p) != 0)
+  msb_peer p;
+  if (msb_peer_start(o->self, 0, &p) != 0)
     return -1;
   fig named[MSB_MAX_SIZES], memfd[MSB_MAX_SIZES];
   int rc = 0;
@@ -209,7 +173,7 @@ int msb_memfd(const msb_opts *o, cJSON *root) {
       rc = measure(o, &p, MS_SHM_BACKEND_MEMFD, n, src, &memfd[s]);
     free(src);
   }
-  mpeer_stop(&p);
+  msb_peer_stop(&p);
   if (rc != 0)
     return -1;
 

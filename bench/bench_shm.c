@@ -109,23 +109,27 @@ int msb_consumer_main(void) {
 /* Producer side                                                             */
 /* ------------------------------------------------------------------------ */
 
-typedef struct peer {
-  pid_t pid;
-  FILE *in, *out;
-} peer;
+typedef msb_peer peer;
 
-static peer peer_start(const char *self) {
+int msb_peer_start(const char *self, int big_pipe, msb_peer *p) {
   int to[2], from[2];
-  peer p = {-1, NULL, NULL};
-  if (pipe(to) != 0 || pipe(from) != 0)
-    exit(1);
+  p->pid = -1;
+  p->in = p->out = NULL;
+  if (pipe(to) != 0)
+    return -1;
+  if (pipe(from) != 0) {
+    close(to[0]), close(to[1]);
+    return -1;
+  }
 #ifdef F_SETPIPE_SZ
-  /* The serialization baseline gets the largest pipe buffer allowed. */
-  (void)fcntl(to[1], F_SETPIPE_SZ, 1 << 20);
+  if (big_pipe)
+    (void)fcntl(to[1], F_SETPIPE_SZ, 1 << 20);
+#else
+  (void)big_pipe;
 #endif
   fflush(NULL);
-  p.pid = fork();
-  if (p.pid == 0) {
+  p->pid = fork();
+  if (p->pid == 0) {
     dup2(to[0], 0);
     dup2(from[1], 1);
     close(to[0]), close(to[1]), close(from[0]), close(from[1]);
@@ -134,17 +138,27 @@ static peer peer_start(const char *self) {
   }
   close(to[0]);
   close(from[1]);
-  p.in = fdopen(to[1], "w");
-  p.out = fdopen(from[0], "r");
-  return p;
+  p->in = fdopen(to[1], "w");
+  p->out = fdopen(from[0], "r");
+  return p->pid > 0 && p->in != NULL && p->out != NULL ? 0 : -1;
 }
 
-static void peer_stop(peer *p) {
+void msb_peer_stop(msb_peer *p) {
   fclose(p->in);
   fclose(p->out);
   int status;
   waitpid(p->pid, &status, 0);
 }
+
+/* The serialization baseline gets the largest pipe buffer allowed. */
+static peer peer_start(const char *self) {
+  peer p;
+  if (msb_peer_start(self, 1, &p) != 0)
+    exit(1);
+  return p;
+}
+
+static void peer_stop(peer *p) { msb_peer_stop(p); }
 
 /* Reads one reply line; returns its first number (and the second). */
 static uint64_t peer_reply(peer *p, uint64_t *second) {

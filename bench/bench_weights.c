@@ -10,6 +10,7 @@
  * existing image by a new process (a restarted worker), 5 times.
  */
 #include "bench.h"
+#include "rss.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -118,20 +119,6 @@ static int build(ms_image_builder_t *b, const char *path, const char *cfg,
   return rc;
 }
 
-static size_t pss_of(pid_t pid) {
-  char path[64], line[256];
-  size_t kb = 0;
-  snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL)
-    if (sscanf(line, "Pss: %zu kB", &kb) == 1)
-      break;
-  fclose(f);
-  return kb * 1024;
-}
-
 /* What a worker reports. */
 typedef struct report {
   int rc, built;
@@ -237,7 +224,7 @@ static int run_workers(const wsrc *s, int shared, report *r, size_t *pss,
           r[i].rc == 0;
   *pss = 0;
   for (int i = 0; i < NPROC; i++)
-    *pss += pss_of(pid[i]);
+    *pss += ms_example_pss_bytes_of((long)pid[i]);
   for (int i = 0; ok && next != NULL && i < 5; i++) {
     next[i] = next_use(s);
     ok &= next[i] >= 0;

@@ -18,6 +18,7 @@
  *
  * The peers are this binary started with --worker-peer. */
 #include "bench.h"
+#include "rss.h"
 
 #include <uv.h>
 
@@ -147,18 +148,9 @@ static int unix_socket(const char *path, struct sockaddr_un *a) {
   return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 }
 
-/* PSS of process pid in bytes (/proc/<pid>/smaps_rollup), 0 if unknown. */
+/* PSS of process pid in bytes, 0 if unknown. */
 static double pss_of(pid_t pid) {
-  char path[64], line[256];
-  size_t kb = 0;
-  (void)snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", (int)pid);
-  FILE *f = fopen(path, "r");
-  while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-    if (sscanf(line, "Pss: %zu kB", &kb) == 1)
-      break;
-  if (f != NULL)
-    fclose(f);
-  return (double)kb * 1024;
+  return (double)ms_example_pss_bytes_of((long)pid);
 }
 
 static double percentile(double *v, int n, double q) {

@@ -21,11 +21,16 @@ static inline size_t ms_example_rss_bytes(void) {
   return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-/* PSS in bytes, or 0 when the kernel has no smaps_rollup (before 4.14). */
-static inline size_t ms_example_pss_bytes(void) {
-  char line[256];
+/* PSS in bytes of process pid (0: the calling process), or 0 when it is
+ * gone, not readable, or the kernel has no smaps_rollup (before 4.14). */
+static inline size_t ms_example_pss_bytes_of(long pid) {
+  char path[64], line[256];
   size_t kb = 0;
-  FILE *f = fopen("/proc/self/smaps_rollup", "r");
+  if (pid == 0)
+    snprintf(path, sizeof(path), "/proc/self/smaps_rollup");
+  else
+    snprintf(path, sizeof(path), "/proc/%ld/smaps_rollup", pid);
+  FILE *f = fopen(path, "r");
   if (f == NULL)
     return 0;
   while (fgets(line, sizeof(line), f) != NULL)
@@ -33,6 +38,11 @@ static inline size_t ms_example_pss_bytes(void) {
       break;
   fclose(f);
   return kb * 1024;
+}
+
+/* PSS in bytes, or 0 when the kernel has no smaps_rollup (before 4.14). */
+static inline size_t ms_example_pss_bytes(void) {
+  return ms_example_pss_bytes_of(0);
 }
 
 #endif

@@ -25,7 +25,7 @@
  * with MS_EDISCONNECTED if that connection is gone).  An answer that
  * overtakes this finds no record in `sent`: the loop takes wlock once and
  * absorbs the submit queue, then looks again.  A partial write leaves its
- * rest to the loop (c->rest), written before any other frame; a write that
+ * rest to the loop (c->out.rest), written before any other frame; a write that
  * would block or fails leaves the whole request to the loop.  Every loop
  * write is made under wlock; if libuv could not write all of it at once,
  * lib_busy stays set until a write callback finds libuv's queue empty, so
@@ -33,6 +33,7 @@
  */
 #include "internal/abi.h"
 #include "internal/wire.h"
+#include "internal/wout.h"
 
 #include <uv.h>
 
@@ -105,13 +106,8 @@ struct ms_client {
 
   /* direct requests (see above); written by the loop under wlock */
   uv_mutex_t wlock;
-  int fd;         /* -1: callers hand requests to the loop */
-  uint64_t gen;   /* the connection's generation */
-  int lib_busy;   /* libuv has bytes queued on the connection */
-  int rest_state; /* 1: a caller left a rest, 2: the loop writes it */
-  ms__wbuf rest;
-  size_t rest_off;
-  uv_write_t rest_req;
+  ms__wout out; /* fd (-1: callers hand requests to the loop), rest */
+  uint64_t gen; /* the connection's generation */
   int d_desc_in, d_desc_out; /* copies of desc_in, desc_out, peer_max_body */
   size_t d_max_body;
   atomic_uint_fast64_t next_id; /* request ids, taken by loop and callers */
@@ -237,12 +233,12 @@ static void conn_drop(ms_client_t *c) {
   if (k == NULL)
     return;
   uv_mutex_lock(&c->wlock); /* callers stop writing to it */
-  c->fd = -1;
+  c->out.fd = -1;
   c->gen++;
-  c->lib_busy = 0;
-  if (c->rest_state == 1) { /* never to be written */
-    ms__wbuf_free(&c->rest);
-    c->rest_state = 0;
+  c->out.lib_busy = 0;
+  if (c->out.rest_state == 1) { /* never to be written */
+    ms__wbuf_free(&c->out.rest);
+    c->out.rest_state = 0;
   }
   uv_mutex_unlock(&c->wlock);
   c->conn = NULL;
@@ -291,80 +287,50 @@ static void on_conn_timeout(uv_timer_t *t) {
   attempt_failed(t->data, MS_ETIMEDOUT, "connection attempt timed out");
 }
 
-/* Whether libuv still holds bytes to write on the connection (they go out
- * from the loop's poll, outside wlock): until a write callback finds none
- * left, callers do not write.  Loop thread, wlock held. */
-static void lib_check(ms_client_t *c) {
-  c->lib_busy = c->conn != NULL && uv_stream_get_write_queue_size(
-                                       (uv_stream_t *)&c->conn->pipe) != 0;
+/* The connection's stream, or NULL between connections.  Loop. */
+static uv_stream_t *conn_stream(ms_client_t *c) {
+  return c->conn != NULL ? (uv_stream_t *)&c->conn->pipe : NULL;
 }
 
 static void on_rest_written(uv_write_t *req, int status) {
   (void)status;
   ms_client_t *c = req->data;
   uv_mutex_lock(&c->wlock);
-  lib_check(c);
-  ms__wbuf_free(&c->rest);
-  c->rest_state = 0;
+  ms__wout_rest_done(&c->out, conn_stream(c));
   uv_mutex_unlock(&c->wlock);
 }
 
 /* The rest of a caller's partial write goes out before anything else.
  * wlock held. */
 static void rest_flush(ms_client_t *c) {
-  if (c->rest_state != 1)
-    return;
-  c->rest_state = 2;
-  c->rest_req.data = c;
-  uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
-                            (unsigned)(c->rest.len - c->rest_off));
-  if (c->conn == NULL || uv_write(&c->rest_req, (uv_stream_t *)&c->conn->pipe,
-                                  &ub, 1, on_rest_written) != 0) {
-    ms__wbuf_free(&c->rest);
-    c->rest_state = 0; /* the read side sees the broken connection */
-  }
-  lib_check(c);
+  ms__wout_flush(&c->out, conn_stream(c), c, on_rest_written);
 }
-
-typedef struct cframe {
-  uv_write_t req;
-  ms_client_t *c;
-  ms__wbuf b;
-} cframe;
 
 static void cframe_done(uv_write_t *req, int status) {
   (void)status;
-  cframe *f = req->data;
-  uv_mutex_lock(&f->c->wlock);
-  lib_check(f->c);
-  uv_mutex_unlock(&f->c->wlock);
-  ms__wbuf_free(&f->b);
-  ms__free(f);
+  ms__wframe *f = req->data;
+  ms_client_t *c = f->owner;
+  uv_mutex_lock(&c->wlock);
+  ms__wout_check(&c->out, conn_stream(c));
+  uv_mutex_unlock(&c->wlock);
+  ms__wframe_free(f);
 }
 
 /* Every loop write: after a caller's rest, under wlock. */
 static void send_frame(ms_client_t *c, ms__wbuf *b) {
-  cframe *f = c->conn != NULL ? ms__malloc(sizeof(*f)) : NULL;
-  if (f == NULL) {
+  if (c->conn == NULL) {
     ms__wbuf_free(b);
     return;
   }
-  f->c = c;
-  f->b = *b;
-  f->req.data = f;
-  b->p = NULL;
-  b->len = b->cap = 0;
-  uv_buf_t ub = uv_buf_init((char *)f->b.p, (unsigned)f->b.len);
+  ms__wframe *f = ms__wframe_take(c, b);
+  if (f == NULL)
+    return;
   uv_mutex_lock(&c->wlock);
-  rest_flush(c);
-  int rc =
-      uv_write(&f->req, (uv_stream_t *)&c->conn->pipe, &ub, 1, cframe_done);
-  lib_check(c);
+  int rc = ms__wout_write(&c->out, conn_stream(c), c, on_rest_written, &f->req,
+                          f->b.p, f->b.len, cframe_done);
   uv_mutex_unlock(&c->wlock);
-  if (rc != 0) {
-    ms__wbuf_free(&f->b);
-    ms__free(f);
-  }
+  if (rc != 0)
+    ms__wframe_free(f);
 }
 
 static void send_ack(ms_client_t *c, uint64_t id) {
@@ -382,17 +348,8 @@ static void on_welcome(ms_client_t *c, const ms__wire_msg *m) {
   }
   c->desc_in = (m->flags & MS__WELCOME_DESC) != 0;
   c->desc_out = 0;
-  if (m->str_len > 0 && c->shm != NULL &&
-      (c->o.flags & MS_CLIENT_INLINE) == 0) {
-    char d[MS_DESCRIPTOR_MAX];
-    memcpy(d, m->str, m->str_len);
-    d[m->str_len] = '\0';
-    ms_tensor_t *t = NULL;
-    if (ms_tensor_open(c->shm, d, 0, &t) == 0) {
-      c->desc_out = 1;
-      ms_tensor_release(t);
-    }
-  }
+  if (m->str_len > 0 && (c->o.flags & MS_CLIENT_INLINE) == 0)
+    c->desc_out = ms__wire_probe_opens(c->shm, m->str, m->str_len);
   ms_tensor_release(c->probe);
   c->probe = NULL;
   uint64_t mf = m->max_frame < UINT32_MAX ? m->max_frame : UINT32_MAX;
@@ -407,7 +364,7 @@ static void on_welcome(ms_client_t *c, const ms__wire_msg *m) {
   c->d_desc_in = c->desc_in;
   c->d_desc_out = c->desc_out;
   c->d_max_body = c->peer_max_body;
-  c->fd = ms__conn_fd(&c->conn->pipe);
+  c->out.fd = ms__conn_fd(&c->conn->pipe);
   uv_mutex_unlock(&c->wlock);
   /* The connect call (if any) is waiting with the others: pump sends or
    * completes everything. */
@@ -757,7 +714,7 @@ static void thread_main(void *arg) {
  * may be large).  0 and b filled, or non-zero: the loop takes r. */
 static int encode_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
   uv_mutex_lock(&c->wlock);
-  int ok = c->fd >= 0;
+  int ok = c->out.fd >= 0;
   int din = c->d_desc_in, dout = c->d_desc_out;
   size_t max = c->d_max_body;
   r->gen = c->gen;
@@ -776,23 +733,10 @@ static int encode_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
  * connection is still the one it was encoded for and the loop has nothing
  * pending there.  wlock held; takes b. */
 static void write_direct(ms_client_t *c, creq *r, ms__wbuf *b) {
-  long n = 0;
-  if (c->fd >= 0 && c->gen == r->gen && !c->lib_busy && c->rest_state == 0)
-    n = ms__conn_send(c->fd, b->p, b->len);
-  if (n <= 0) { /* not tried, would block, or an error the loop will meet */
-    ms__wbuf_free(b);
-    return;
-  }
-  r->written = 1;
-  if ((size_t)n == b->len) {
-    ms__wbuf_free(b);
-    return;
-  }
-  c->rest = *b; /* the loop writes the rest (woken by submit) */
-  c->rest_off = (size_t)n;
-  c->rest_state = 1;
-  b->p = NULL;
-  b->len = b->cap = 0;
+  /* <= 0: not tried, would block, or an error the loop will meet */
+  if (c->gen == r->gen && ms__wout_direct(&c->out, b) > 0)
+    r->written = 1; /* a rest, if any, is the loop's (woken by submit) */
+  ms__wbuf_free(b);
 }
 
 /* Queues r for the loop (written first, if it can).  MS_ECANCELED once the
@@ -812,7 +756,7 @@ static int submit(ms_client_t *c, creq *r) {
   if (direct)
     write_direct(c, r, &b); /* under c->lock too: ms_client_close waits */
   /* A written request needs no wake while the tick runs. */
-  int wake = !r->written || !c->tick_on || c->rest_state == 1;
+  int wake = !r->written || !c->tick_on || c->out.rest_state == 1;
   r->next = NULL;
   if (c->submit_tail != NULL)
     c->submit_tail->next = r;
@@ -862,7 +806,7 @@ static void client_free(ms_client_t *c) {
     (void)ms_shm_destroy(c->shm);
   uv_mutex_destroy(&c->lock);
   uv_mutex_destroy(&c->wlock);
-  ms__wbuf_free(&c->rest);
+  ms__wbuf_free(&c->out.rest);
   ms__free(c->endpoint);
   ms__free(c);
 }
@@ -886,7 +830,7 @@ int ms_client_connect(const char *endpoint, const ms_client_options_t *options,
     return ms__errmsg_set(&none, MS_ENOMEM, "out of memory");
   c->o = o;
   c->endpoint = ms__strdup(endpoint);
-  c->fd = -1;
+  c->out.fd = -1;
   if (c->endpoint == NULL || uv_mutex_init(&c->lock) != 0) {
     ms__free(c->endpoint);
     ms__free(c);

@@ -28,9 +28,6 @@
 #include <sys/random.h>
 #endif
 
-#ifndef MAP_POPULATE
-#define MAP_POPULATE 0
-#endif
 #ifndef F_SEAL_FUTURE_WRITE /* Linux 5.1; older headers */
 #define F_SEAL_FUTURE_WRITE 0x0010
 #endif
@@ -198,26 +195,17 @@ int ms__region_create(const ms__ns *ns, const char *name, size_t size,
     return ms__posix_err(errno);
   /* Reserve the pages now: a full tmpfs fails here, not with SIGBUS at
    * first touch. */
-  int e;
-  do /* posix_fallocate returns the error, not errno */
-    e = posix_fallocate(fd, 0, (off_t)size);
-  while (e == EINTR);
   void *base = MAP_FAILED;
-  if (e == 0) {
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                fd, 0);
-    if (base == MAP_FAILED)
-      e = errno;
-  }
+  int e = ms__posix_reserve(fd, size);
+  if (e == 0)
+    e = ms__posix_map_new(fd, size, &base);
   close(fd);
   if (e != 0) {
     (void)ns_unlink(ns, name);
     return ms__posix_err(e);
   }
-  out->base = base;
-  out->size = size;
-  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
-  out->readonly = 0;
+  /* the mapping keeps the object alive; no fd kept */
+  ms__posix_region_set(out, base, size, -1, 0);
   return 0;
 }
 
@@ -239,10 +227,8 @@ int ms__region_open(const ms__ns *ns, const char *name, size_t min_size,
   close(fd);
   if (e != 0)
     return ms__posix_err(e);
-  out->base = base;
-  out->size = size;
-  out->handle = -1; /* the mapping keeps the object alive; no fd kept */
-  out->readonly = 0;
+  /* the mapping keeps the object alive; no fd kept */
+  ms__posix_region_set(out, base, size, -1, 0);
   return 0;
 }
 

@@ -31,9 +31,6 @@
 #ifndef F_SEAL_FUTURE_WRITE /* Linux 5.1; older headers */
 #define F_SEAL_FUTURE_WRITE 0x0010
 #endif
-#ifndef MAP_POPULATE
-#define MAP_POPULATE 0
-#endif
 
 #define SEALS_SIZE (F_SEAL_SHRINK | F_SEAL_GROW)
 #define SEALS_WRITE (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)
@@ -48,28 +45,19 @@ int ms__region_create_anon(size_t size, ms__region *out, int64_t *pid,
   /* memfds are created 0777: consumers check "not writable by group or
    * others", as for named regions. */
   int e = fchmod(fd, 0600) == 0 ? 0 : errno;
-  if (e == 0) { /* backed now: out of memory is an error here, not SIGBUS */
-    do
-      e = posix_fallocate(fd, 0, (off_t)size);
-    while (e == EINTR);
-  }
+  if (e == 0) /* backed now: out of memory is an error here, not SIGBUS */
+    e = ms__posix_reserve(fd, size);
   if (e == 0 && fcntl(fd, F_ADD_SEALS, SEALS_SIZE) != 0)
     e = errno;
   void *base = MAP_FAILED;
-  if (e == 0) {
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                fd, 0);
-    if (base == MAP_FAILED)
-      e = errno;
-  }
+  if (e == 0)
+    e = ms__posix_map_new(fd, size, &base);
   if (e != 0) {
     close(fd);
     return ms__posix_err(e);
   }
-  out->base = base;
-  out->size = size;
-  out->handle = fd; /* kept: it is how other processes reach the region */
-  out->readonly = 0;
+  /* fd kept: it is how other processes reach the region */
+  ms__posix_region_set(out, base, size, fd, 0);
   *pid = (int64_t)getpid();
   *fdout = fd;
   return 0;
@@ -180,10 +168,7 @@ int ms__region_open_anon(int64_t pid, int64_t fdnum, size_t min_size,
   close(fd); /* the mapping keeps the object alive */
   if (rc != 0)
     return rc;
-  out->base = base;
-  out->size = (size_t)st.st_size;
-  out->handle = -1;
-  out->readonly = ro;
+  ms__posix_region_set(out, base, (size_t)st.st_size, -1, ro);
   return 0;
 }
 

@@ -305,6 +305,19 @@ void ms__wbuf_free(ms__wbuf *b) {
   b->len = b->cap = 0;
 }
 
+int ms__wire_probe_opens(ms_shm_t *shm, const char *s, size_t n) {
+  char d[MS_DESCRIPTOR_MAX];
+  if (shm == NULL || n >= sizeof(d))
+    return 0;
+  memcpy(d, s, n);
+  d[n] = '\0';
+  ms_tensor_t *t = NULL;
+  if (ms_tensor_open(shm, d, 0, &t) != 0)
+    return 0;
+  ms_tensor_release(t);
+  return 1;
+}
+
 /* ---- framer ---- */
 
 void ms__framer_buf(ms__framer *f, char **base, size_t *len) {

@@ -177,39 +177,18 @@ const char *ms_worker_errmsg(const ms_worker_t *w) {
 /* writing frames                                                            */
 /* ------------------------------------------------------------------------ */
 
-static void on_rest_written(uv_write_t *req, int status);
-
-/* The rest of a partial direct write goes out before anything else. */
-/* Whether libuv still holds bytes to write on c (they go out from the
- * loop's poll, outside wlock): until a write callback finds none left, no
- * other thread writes.  Loop thread, wlock held. */
-static void lib_check(ms__wconn *c) {
-  c->lib_busy = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) != 0;
-}
-
-static void rest_flush(ms__wconn *c) { /* wlock held */
-  if (c->rest_state != 1)
-    return;
-  c->rest_state = 2;
-  c->rest_req.data = c;
-  uv_buf_t ub = uv_buf_init((char *)c->rest.p + c->rest_off,
-                            (unsigned)(c->rest.len - c->rest_off));
-  if (uv_write(&c->rest_req, (uv_stream_t *)&c->pipe, &ub, 1,
-               on_rest_written) != 0) {
-    ms__wbuf_free(&c->rest);
-    c->rest_state = 0; /* the read side sees the broken connection */
-  }
-  lib_check(c);
-}
-
 static void on_rest_written(uv_write_t *req, int status) {
   (void)status;
   ms__wconn *c = req->data;
   uv_mutex_lock(&c->wlock);
-  ms__wbuf_free(&c->rest);
-  c->rest_state = 0;
-  lib_check(c);
+  ms__wout_rest_done(&c->out, (uv_stream_t *)&c->pipe);
   uv_mutex_unlock(&c->wlock);
+}
+
+/* The rest of a partial direct write goes out before anything else.
+ * wlock held. */
+static void rest_flush(ms__wconn *c) {
+  ms__wout_flush(&c->out, (uv_stream_t *)&c->pipe, c, on_rest_written);
 }
 
 /* Every loop write goes through here: the rest of a partial direct write
@@ -218,50 +197,30 @@ static void on_rest_written(uv_write_t *req, int status) {
  * is not called). */
 static int loop_write(ms__wconn *c, uv_write_t *req, const void *p, size_t len,
                       uv_write_cb cb) {
-  uv_buf_t ub = uv_buf_init((char *)p, (unsigned)len);
   uv_mutex_lock(&c->wlock);
-  rest_flush(c);
-  int rc = uv_write(req, (uv_stream_t *)&c->pipe, &ub, 1, cb);
-  lib_check(c);
+  int rc = ms__wout_write(&c->out, (uv_stream_t *)&c->pipe, c, on_rest_written,
+                          req, p, len, cb);
   uv_mutex_unlock(&c->wlock);
   return rc;
 }
 
 static void loop_write_done(ms__wconn *c) {
   uv_mutex_lock(&c->wlock);
-  lib_check(c);
+  ms__wout_check(&c->out, (uv_stream_t *)&c->pipe);
   uv_mutex_unlock(&c->wlock);
 }
 
-typedef struct wframe {
-  uv_write_t req;
-  ms__wconn *c;
-  ms__wbuf b;
-} wframe;
-
 static void wframe_done(uv_write_t *req, int status) {
   (void)status;
-  wframe *f = req->data;
-  loop_write_done(f->c);
-  ms__wbuf_free(&f->b);
-  ms__free(f);
+  ms__wframe *f = req->data;
+  loop_write_done(f->owner);
+  ms__wframe_free(f);
 }
 
 static void send_buf(ms__wconn *c, ms__wbuf *b) {
-  wframe *f = ms__malloc(sizeof(*f));
-  if (f == NULL) {
-    ms__wbuf_free(b);
-    return;
-  }
-  f->c = c;
-  f->b = *b;
-  f->req.data = f;
-  b->p = NULL;
-  b->len = b->cap = 0;
-  if (loop_write(c, &f->req, f->b.p, f->b.len, wframe_done) != 0) {
-    ms__wbuf_free(&f->b);
-    ms__free(f);
-  }
+  ms__wframe *f = ms__wframe_take(c, b);
+  if (f != NULL && loop_write(c, &f->req, f->b.p, f->b.len, wframe_done) != 0)
+    ms__wframe_free(f);
 }
 
 static void send_error(ms__wconn *c, uint8_t type, uint64_t id, int code,
@@ -293,7 +252,7 @@ static void conn_unref(ms__wconn *c) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   ms__framer_free(&c->rx);
-  ms__wbuf_free(&c->rest);
+  ms__wbuf_free(&c->out.rest);
   /* An inference thread that handed its job over may not have let go of
    * wlock yet: wait for it, then nothing else touches c. */
   uv_mutex_lock(&c->wlock);
@@ -343,7 +302,7 @@ static void conn_close(ms__wconn *c, int protocol_error) {
   c->state = MS__C_CLOSED;
   atomic_store(&c->closed, 1);
   uv_mutex_lock(&c->wlock); /* no thread writes to the socket from now on */
-  c->fd = -1;
+  c->out.fd = -1;
   uv_mutex_unlock(&c->wlock);
   /* Written responses waiting for an ACK will never get one. */
   for (ms__job *j = c->jobs, *next; j != NULL; j = next) {
@@ -389,16 +348,8 @@ static int handshake(ms__wconn *c, const ms__wire_msg *m) {
   int inline_only = (w->o.flags & MS_WORKER_INLINE) != 0 || w->shm == NULL ||
                     (m->flags & MS__HELLO_INLINE) != 0;
   c->desc_in = 0;
-  if (!inline_only && m->str_len > 0) {
-    char d[MS_DESCRIPTOR_MAX];
-    memcpy(d, m->str, m->str_len);
-    d[m->str_len] = '\0';
-    ms_tensor_t *t = NULL;
-    if (ms_tensor_open(w->shm, d, 0, &t) == 0) {
-      c->desc_in = 1;
-      ms_tensor_release(t);
-    }
-  }
+  if (!inline_only && m->str_len > 0)
+    c->desc_in = ms__wire_probe_opens(w->shm, m->str, m->str_len);
   ms__wbuf b;
   ms__wbuf_begin(&b, MS__MSG_WELCOME, 0);
   ms__wbuf_u32(&b, MS__WIRE_MAGIC);
@@ -419,7 +370,7 @@ static int handshake(ms__wconn *c, const ms__wire_msg *m) {
   c->state = MS__C_READY;
   c->rx.max_body = w->max_body;
   uv_mutex_lock(&c->wlock); /* inference threads may answer directly */
-  c->fd = ms__conn_fd(&c->pipe);
+  c->out.fd = ms__conn_fd(&c->pipe);
   uv_mutex_unlock(&c->wlock);
   uv_timer_stop(&c->timer);
   return 0;
@@ -608,7 +559,7 @@ static void on_connection(uv_stream_t *server, int status) {
   }
   c->w = w;
   c->rx.max_body = HS_MAX_BODY;
-  c->fd = -1;
+  c->out.fd = -1;
   if (uv_mutex_init(&c->wlock) != 0) {
     ms__free(c);
     return;

@@ -125,19 +125,8 @@ static void encode(ms_worker_t *w, ms__job *j) {
 static void hand_over(ms_worker_t *w, ms__job *j) {
   ms__wconn *c = j->conn;
   uv_mutex_lock(&c->wlock);
-  if (c->fd >= 0 && !c->lib_busy && c->rest_state == 0) {
-    long n = ms__conn_send(c->fd, j->resp.p, j->resp.len);
-    if (n > 0) {
-      j->sent = 1;
-      if ((size_t)n < j->resp.len) { /* the loop writes the rest */
-        c->rest = j->resp;
-        c->rest_off = (size_t)n;
-        c->rest_state = 1;
-        j->resp.p = NULL;
-        j->resp.len = j->resp.cap = 0;
-      }
-    }
-  }
+  if (ms__wout_direct(&c->out, &j->resp) > 0)
+    j->sent = 1; /* a rest, if any, is the loop's */
   uv_mutex_lock(&w->lock);
   j->next = NULL;
   if (w->done_tail != NULL)

@@ -1,5 +1,6 @@
 /* Helpers of the multi-process shared-memory suites (POSIX): driving
- * shm_peer processes, listing and cleaning a namespace, and running a test
+ * shm_peer processes, listing and cleaning a namespace, creating shms and
+ * tensors (after cmocka, which test_util.h includes), and running a test
  * that needs a tmpfs mount inside a user+mount namespace when the caller
  * may not mount. */
 #ifndef MS_TEST_SHM_TEST_UTIL_H
@@ -131,6 +132,35 @@ static inline int parse_alloc(const char *reply, int *id, char *desc) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Shms and tensors (the test fails if they cannot be made)                  */
+/* ------------------------------------------------------------------------ */
+
+/* A shm on backend; dir: the named backend's namespace. */
+static inline ms_shm_t *shm_on(uint32_t backend, const char *dir,
+                               uint64_t pool_bytes) {
+  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
+  o.backend = backend;
+  o.dir = dir;
+  o.pool_bytes = pool_bytes;
+  ms_shm_t *shm = NULL;
+  assert_int_equal(ms_shm_create(&o, &shm), 0);
+  return shm;
+}
+
+/* A one-dimensional uint8 tensor of n bytes. */
+static inline ms_tensor_t *alloc_u8(ms_shm_t *shm, size_t n) {
+  int64_t shape[1] = {(int64_t)n};
+  ms_tensor_t *t = NULL;
+  assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &t), 0);
+  return t;
+}
+
+/* t's descriptor into buf (MS_DESCRIPTOR_MAX bytes). */
+static inline void descriptor(const ms_tensor_t *t, char *buf) {
+  assert_int_equal(ms_tensor_descriptor(t, buf, MS_DESCRIPTOR_MAX), 0);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Namespaces                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -252,6 +282,15 @@ static inline int remove_prefix(const char *d, const char *prefix) {
   }
   closedir(dd);
   return n;
+}
+
+/* Writes text to a new file at path.  0 or -1. */
+static inline int write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL)
+    return -1;
+  int rc = fputs(text, f) < 0 ? -1 : 0;
+  return fclose(f) != 0 ? -1 : rc;
 }
 
 /* A sorted, newline-separated listing of d (for before/after checks). */

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "shm_test_util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -268,26 +270,12 @@ static int setup(void **state) {
   if (sh == MAP_FAILED)
     return -1;
   memset(sh, 0, sizeof(*sh));
-  FILE *f = fopen(src_path, "w");
-  if (f == NULL)
-    return -1;
-  fputs("weights v1\n", f);
-  fclose(f);
-  return 0;
+  return write_text(src_path, "weights v1\n");
 }
 
 static int teardown(void **state) {
   (void)state;
-  DIR *d = opendir(ns_dir);
-  struct dirent *e;
-  char p[512];
-  while (d != NULL && (e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.') {
-      snprintf(p, sizeof(p), "%s/%s", ns_dir, e->d_name);
-      unlink(p);
-    }
-  if (d != NULL)
-    closedir(d);
+  (void)remove_prefix(ns_dir, NULL);
   rmdir(ns_dir);
   unlink(src_path);
   rmdir(src_dir);

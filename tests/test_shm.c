@@ -144,24 +144,7 @@ static int teardown(void **state) {
 }
 
 static ms_shm_t *new_shm(uint64_t pool_bytes) {
-  ms_shm_options_t o = MS_SHM_OPTIONS_INIT;
-  o.backend = test_backend();
-  o.dir = dir;
-  o.pool_bytes = pool_bytes;
-  ms_shm_t *shm = NULL;
-  assert_int_equal(ms_shm_create(&o, &shm), 0);
-  return shm;
-}
-
-static ms_tensor_t *alloc_u8(ms_shm_t *shm, size_t n) {
-  int64_t shape[1] = {(int64_t)n};
-  ms_tensor_t *t = NULL;
-  assert_int_equal(ms_tensor_alloc(shm, MS_DTYPE_UINT8, 1, shape, NULL, &t), 0);
-  return t;
-}
-
-static void descriptor(ms_tensor_t *t, char *buf) {
-  assert_int_equal(ms_tensor_descriptor(t, buf, MS_DESCRIPTOR_MAX), 0);
+  return shm_on(test_backend(), dir, pool_bytes);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -100,10 +100,6 @@ static ms_tensor_t *alloc_pat(ms_shm_t *shm, size_t n, uint64_t seed) {
   return t;
 }
 
-static void descriptor(const ms_tensor_t *t, char *buf) {
-  assert_int_equal(ms_tensor_descriptor(t, buf, MS_DESCRIPTOR_MAX), 0);
-}
-
 /* Peers alive, so that teardown can end those a failed test left. */
 static pid_t live_peers[128];
 

@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "shm_test_util.h"
+
 #include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
@@ -284,27 +286,13 @@ static int setup(void **state) {
   if (mkdtemp(ns_dir) == NULL || mkdtemp(src_dir) == NULL)
     return -1;
   (void)snprintf(src_path, sizeof(src_path), "%s/weights.bin", src_dir);
-  FILE *f = fopen(src_path, "w");
-  if (f == NULL)
-    return -1;
-  fputs("weights\n", f);
-  fclose(f);
-  return 0;
+  return write_text(src_path, "weights\n");
 }
 
 static int teardown(void **state) {
   (void)state;
   /* Whatever a failed test left: removed, so /dev/shm stays clean. */
-  DIR *d = opendir(ns_dir);
-  struct dirent *e;
-  while (d != NULL && (e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.') {
-      char p[512];
-      (void)snprintf(p, sizeof(p), "%s/%s", ns_dir, e->d_name);
-      (void)unlink(p);
-    }
-  if (d != NULL)
-    closedir(d);
+  (void)remove_prefix(ns_dir, NULL);
   (void)rmdir(ns_dir);
   (void)unlink(src_path);
   (void)rmdir(src_dir);

@@ -63,13 +63,19 @@ static int serve(const char *ep, const char *dir, const char *cfg) {
   return rc == 0 ? 0 : 3;
 }
 
-static int client(const char *ep, const char *dir, const char *model,
-                  int byte) {
+/* A client's shm: its regions ("wc-") in dir.  NULL if it failed. */
+static ms_shm_t *client_shm(const char *dir) {
   ms_shm_options_t so = MS_SHM_OPTIONS_INIT;
   so.dir = dir;
   so.prefix = "wc-";
   ms_shm_t *shm = NULL;
-  if (ms_shm_create(&so, &shm) != 0)
+  return ms_shm_create(&so, &shm) == 0 ? shm : NULL;
+}
+
+static int client(const char *ep, const char *dir, const char *model,
+                  int byte) {
+  ms_shm_t *shm = client_shm(dir);
+  if (shm == NULL)
     return 2;
   ms_client_options_t co = MS_CLIENT_OPTIONS_INIT;
   co.shm = shm;
@@ -108,11 +114,8 @@ static int client(const char *ep, const char *dir, const char *model,
  * DISCONNECTED" and exits 0, or 1 on a wrong answer or error. */
 static int loop_client(const char *ep, const char *dir, int inl, int n,
                        unsigned seed) {
-  ms_shm_options_t so = MS_SHM_OPTIONS_INIT;
-  so.dir = dir;
-  so.prefix = "wc-";
-  ms_shm_t *shm = NULL;
-  if (ms_shm_create(&so, &shm) != 0)
+  ms_shm_t *shm = client_shm(dir);
+  if (shm == NULL)
     return 2;
   ms_client_options_t co = MS_CLIENT_OPTIONS_INIT;
   co.shm = shm;

@@ -161,6 +161,10 @@ int ms__conn_fd(struct uv_pipe_s *p);
  * (maybe fewer), 0 if it would block, or -1 on an error. */
 long ms__conn_send(int fd, const void *p, size_t len);
 
+/* The HELLO/WELCOME probe: 1 if shm (NULL: none) opens descriptor s (n
+ * bytes, not NUL-terminated), else 0.  The tensor is released at once. */
+int ms__wire_probe_opens(ms_shm_t *shm, const char *s, size_t n);
+
 /* Model names: 1..MS_WORKER_NAME_MAX of [A-Za-z0-9_.-]. */
 int ms__wire_name_ok(const char *s, size_t n);
 

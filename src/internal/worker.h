@@ -43,6 +43,7 @@
 
 #include "internal/common.h"
 #include "internal/wire.h"
+#include "internal/wout.h"
 
 #include <uv.h>
 
@@ -114,13 +115,7 @@ struct ms__wconn {
   ms__framer rx;
   /* direct responses (see above) */
   uv_mutex_t wlock;
-  int fd;          /* -1: no direct writes (wlock) */
-  int lib_busy;    /* libuv has bytes queued on pipe (wlock) */
-  int rest_state;  /* 1: a direct write left a rest, 2: the loop is
-                      writing it (wlock) */
-  ms__wbuf rest;   /* that rest's frame (wlock) */
-  size_t rest_off; /* bytes of it already written */
-  uv_write_t rest_req;
+  ms__wout out; /* fd, lib_busy, rest (wlock) */
 };
 
 /* Allocated apart from the worker, so that a failed start can close them
