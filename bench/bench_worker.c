@@ -148,11 +148,6 @@ static int unix_socket(const char *path, struct sockaddr_un *a) {
   return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 }
 
-/* PSS of process pid in bytes, 0 if unknown. */
-static double pss_of(pid_t pid) {
-  return (double)ms_example_pss_bytes_of((long)pid);
-}
-
 static double percentile(double *v, int n, double q) {
   (void)msb_median(v, n); /* sorts */
   int i = (int)(q * (n - 1) + 0.5);
@@ -536,9 +531,9 @@ static double peers_pss(proc *p, int n, pid_t extra, char text[][256]) {
   for (int i = 0; i < n; i++)
     ok &= read_line(&p[i], text[i], 256) == 0;
   if (extra > 0)
-    sum += pss_of(extra);
+    sum += (double)ms_example_pss_bytes_of((long)extra);
   for (int i = 0; i < n; i++)
-    sum += pss_of(p[i].pid);
+    sum += (double)ms_example_pss_bytes_of((long)p[i].pid);
   for (int i = 0; i < n; i++)
     ok &= reap(&p[i], 0) == 0;
   return ok ? sum : -1;
