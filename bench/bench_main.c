@@ -238,8 +238,7 @@ int main(int argc, char **argv) {
   } scenarios[] = {{"registry", msb_registry}, {"dedup", msb_dedup},
                    {"shm", msb_shm},           {"vision", msb_vision},
                    {"python", msb_python},     {"channel", msb_channel},
-                   {"memfd", msb_memfd},
-                   {"weights", msb_weights},
+                   {"memfd", msb_memfd},       {"weights", msb_weights},
                    {"worker", msb_worker}};
   for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
     if (!wants(only, scenarios[i].name))
